@@ -1,0 +1,470 @@
+// Package node is the Agent6 node: one agent's presence on the overlay. It
+// ties an identity to the data plane (package overlay) and offers stdlib
+// sockets on the agent's key-derived address.
+//
+// A Node is used as a struct literal; the zero value is an embedded node
+// (gVisor netstack, no root) with an ephemeral key:
+//
+//	n := &node.Node{Logger: logger}
+//	if err := n.Up(ctx); err != nil { ... }
+//	defer n.Close()
+//	ln, _ := n.Listen("tcp", ":80")
+//
+// Setting TUN makes it a sidecar node: a kernel TUN device carries the
+// overlay for every process on the host (needs CAP_NET_ADMIN).
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/overlay"
+)
+
+// DefaultMTU is the overlay MTU when Node.MTU is zero: WireGuard's usual
+// 1420, which fits a 1500-byte underlay over IPv6.
+const DefaultMTU = 1420
+
+// KeyFileName is the agent key's file name inside Node.Dir.
+const KeyFileName = "agent.key"
+
+// Peer is a static WireGuard peer. Its overlay address is always derived
+// from its key.
+type Peer struct {
+	PublicKey identity.WGPublicKey
+	// Endpoint is the peer's UDP address; zero means wait for it to call.
+	Endpoint netip.AddrPort
+	// PersistentKeepalive, if non-zero, keeps NAT mappings open.
+	PersistentKeepalive time.Duration
+}
+
+// Node is one agent on the overlay. Its exported fields configure it; they
+// are read at the first call of Up and not after. The zero value is valid.
+type Node struct {
+	// Key is the agent key. If zero, the key is read from Dir/agent.key
+	// (created there, mode 0600, if absent); if Dir is empty too, a new
+	// ephemeral key is made.
+	Key identity.PrivateKey
+	// Dir is the node's state directory (only the key file, for now).
+	Dir string
+	// ListenPort is the WireGuard UDP port; 0 picks a free one.
+	ListenPort uint16
+	// TUN, if set, names a kernel TUN interface to create (sidecar mode).
+	// Empty means embedded mode: a private gVisor netstack.
+	TUN string
+	// MTU of the overlay interface; 0 means DefaultMTU.
+	MTU int
+	// Peers are static peers, configured at Up.
+	Peers []Peer
+	// Logger receives the node's logs. Nil discards them.
+	Logger *slog.Logger
+
+	mu      sync.Mutex // guards the fields below
+	started bool
+	closed  bool
+	log     *slog.Logger
+	key     identity.PrivateKey
+	addr    netip.Addr
+	dev     *overlay.Device
+	tnet    *netstack.Net // embedded mode only
+	closers map[io.Closer]struct{}
+}
+
+// Up starts the node and returns when it can carry traffic: the key is
+// loaded, the TUN backend and the WireGuard device are up, and the static
+// peers are configured. Calling Up on a running node does nothing.
+func (n *Node) Up(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return fmt.Errorf("node: up: %w", net.ErrClosed)
+	}
+	if n.started {
+		return nil
+	}
+	if err := n.up(ctx); err != nil {
+		if n.dev != nil {
+			n.dev.Close()
+			n.dev = nil
+		}
+		return err
+	}
+	n.started = true
+	return nil
+}
+
+func (n *Node) up(ctx context.Context) error {
+	n.log = n.Logger
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	key, err := n.loadKey()
+	if err != nil {
+		return err
+	}
+	n.key = key
+	wgKey := key.WireGuard()
+	n.addr = wgKey.Public().Addr()
+	mtu := n.MTU
+	if mtu == 0 {
+		mtu = DefaultMTU
+	}
+	if mtu < 1280 || mtu > 65535 {
+		return fmt.Errorf("node: MTU %d out of range (IPv6 needs at least 1280)", mtu)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var backend tun.Device
+	if n.TUN != "" {
+		backend, err = overlay.CreateKernelTUN(n.TUN, mtu, n.addr)
+	} else {
+		backend, n.tnet, err = overlay.NewNetstack(n.addr, mtu)
+	}
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	n.dev, err = overlay.NewDevice(backend, overlay.Config{
+		PrivateKey: wgKey,
+		ListenPort: n.ListenPort,
+		Logger:     n.log,
+	})
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	for _, p := range n.Peers {
+		if err := n.setPeer(p); err != nil {
+			return err
+		}
+	}
+	port, _ := n.dev.ListenPort()
+	n.log.Info("node up", "addr", n.addr, "peer", wgKey.Public().String(), "port", port, "mode", n.mode())
+	return ctx.Err()
+}
+
+func (n *Node) mode() string {
+	if n.TUN != "" {
+		return "tun"
+	}
+	return "embedded"
+}
+
+func (n *Node) loadKey() (identity.PrivateKey, error) {
+	if !n.Key.IsZero() {
+		return n.Key, nil
+	}
+	if n.Dir == "" {
+		return identity.GeneratePrivateKey()
+	}
+	path := filepath.Join(n.Dir, KeyFileName)
+	k, err := identity.LoadPrivateKey(path)
+	if err == nil {
+		return k, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return identity.PrivateKey{}, fmt.Errorf("node: %w", err)
+	}
+	if err := os.MkdirAll(n.Dir, 0o700); err != nil {
+		return identity.PrivateKey{}, fmt.Errorf("node: state dir: %w", err)
+	}
+	if k, err = identity.GeneratePrivateKey(); err != nil {
+		return identity.PrivateKey{}, err
+	}
+	if err := identity.WritePrivateKey(path, k, false); err != nil {
+		return identity.PrivateKey{}, fmt.Errorf("node: %w", err)
+	}
+	n.log.Info("new agent key", "path", path)
+	return k, nil
+}
+
+// running returns the device, or ErrNotUp / net.ErrClosed.
+func (n *Node) running() (*overlay.Device, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return nil, net.ErrClosed
+	case !n.started:
+		return nil, ErrNotUp
+	}
+	return n.dev, nil
+}
+
+// Addr returns the node's Agent6 address, derived from its key; the zero
+// Addr before Up.
+func (n *Node) Addr() netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.addr
+}
+
+// PublicKey returns the node's WireGuard public key; zero before Up.
+func (n *Node) PublicKey() identity.WGPublicKey {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.started {
+		return identity.WGPublicKey{}
+	}
+	return n.key.WireGuard().Public()
+}
+
+// AgentKey returns the node's Ed25519 public key; zero before Up.
+func (n *Node) AgentKey() identity.PublicKey {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.started {
+		return identity.PublicKey{}
+	}
+	return n.key.Public()
+}
+
+// UDPPort returns the UDP port WireGuard listens on (useful when ListenPort
+// is 0).
+func (n *Node) UDPPort() (uint16, error) {
+	dev, err := n.running()
+	if err != nil {
+		return 0, fmt.Errorf("node: listen port: %w", err)
+	}
+	return dev.ListenPort()
+}
+
+// AddPeer adds or updates a static peer. Its AllowedIPs are exactly the
+// address derived from its key.
+func (n *Node) AddPeer(p Peer) error {
+	if _, err := n.running(); err != nil {
+		return fmt.Errorf("node: add peer: %w", err)
+	}
+	return n.setPeer(p)
+}
+
+func (n *Node) setPeer(p Peer) error {
+	if p.PublicKey.IsZero() {
+		return errors.New("node: peer has no public key")
+	}
+	if p.Endpoint.IsValid() && (p.Endpoint.Port() == 0 || p.Endpoint.Addr().IsUnspecified()) {
+		return fmt.Errorf("node: peer %s: endpoint %s is not a usable address", p.PublicKey.ShortString(), p.Endpoint)
+	}
+	return n.dev.SetPeer(overlay.PeerConfig{
+		PublicKey:           p.PublicKey,
+		Endpoint:            p.Endpoint,
+		PersistentKeepalive: p.PersistentKeepalive,
+	})
+}
+
+// RemovePeer removes a peer; removing an absent one is not an error.
+func (n *Node) RemovePeer(pub identity.WGPublicKey) error {
+	dev, err := n.running()
+	if err != nil {
+		return fmt.Errorf("node: remove peer: %w", err)
+	}
+	return dev.RemovePeer(pub)
+}
+
+// Dial connects to address ("[overlay-addr]:port") on the named network
+// ("tcp", "tcp6", "udp", "udp6") from this node's address.
+func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if _, err := n.running(); err != nil {
+		return nil, fmt.Errorf("node: dial: %w", err)
+	}
+	ap, err := parseOverlayAddrPort(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	local := n.Addr()
+	switch network {
+	case "tcp", "tcp6":
+		if n.tnet != nil {
+			c, err := n.tnet.DialContextTCPAddrPort(ctx, ap)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		}
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
+		return d.DialContext(ctx, "tcp6", ap.String())
+	case "udp", "udp6":
+		if n.tnet != nil {
+			c, err := n.tnet.DialUDPAddrPort(netip.AddrPortFrom(local, 0), ap)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		}
+		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
+		return d.DialContext(ctx, "udp6", ap.String())
+	}
+	return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+}
+
+// Listen listens for TCP connections ("tcp", "tcp6") on address, which is
+// ":port" or "[this-node's-address]:port". Close closes the listener too.
+func (n *Node) Listen(network, address string) (net.Listener, error) {
+	if network != "tcp" && network != "tcp6" {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	ap, err := n.localAddrPort(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	var ln net.Listener
+	if n.tnet != nil {
+		ln, err = n.tnet.ListenTCPAddrPort(ap)
+	} else {
+		ln, err = net.ListenTCP("tcp6", net.TCPAddrFromAddrPort(ap))
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &listener{Listener: ln, n: n}
+	if !n.track(l) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	}
+	return l, nil
+}
+
+// ListenPacket listens for UDP datagrams ("udp", "udp6") on address, which
+// is ":port" or "[this-node's-address]:port". Close closes it too.
+func (n *Node) ListenPacket(network, address string) (net.PacketConn, error) {
+	if network != "udp" && network != "udp6" {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	ap, err := n.localAddrPort(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	var pc net.PacketConn
+	if n.tnet != nil {
+		pc, err = n.tnet.ListenUDPAddrPort(ap)
+	} else {
+		pc, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(ap))
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := &packetConn{PacketConn: pc, n: n}
+	if !n.track(c) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	}
+	return c, nil
+}
+
+// track registers c to be closed by Node.Close; it reports false, having
+// closed c, if the node closed meanwhile.
+func (n *Node) track(c io.Closer) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		c.Close()
+		return false
+	}
+	if n.closers == nil {
+		n.closers = make(map[io.Closer]struct{})
+	}
+	n.closers[c] = struct{}{}
+	return true
+}
+
+func (n *Node) untrack(c io.Closer) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.closers, c)
+}
+
+// listener is a net.Listener that Node.Close closes.
+type listener struct {
+	net.Listener
+	n *Node
+}
+
+func (l *listener) Close() error {
+	l.n.untrack(l)
+	return l.Listener.Close()
+}
+
+// packetConn is a net.PacketConn that Node.Close closes.
+type packetConn struct {
+	net.PacketConn
+	n *Node
+}
+
+func (c *packetConn) Close() error {
+	c.n.untrack(c)
+	return c.PacketConn.Close()
+}
+
+func (n *Node) localAddrPort(address string) (netip.AddrPort, error) {
+	if _, err := n.running(); err != nil {
+		return netip.AddrPort{}, err
+	}
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port %q", portStr)
+	}
+	local := n.Addr()
+	if host != "" {
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("%w: %q", ErrNotLocal, host)
+		}
+		if a.Unmap() != local {
+			return netip.AddrPort{}, fmt.Errorf("%w: %s (this node is %s)", ErrNotLocal, a, local)
+		}
+	}
+	return netip.AddrPortFrom(local, uint16(port)), nil
+}
+
+func parseOverlayAddrPort(address string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("node: %q is not [address]:port (names resolve in a later release): %w", address, err)
+	}
+	if !identity.IsOverlay(ap.Addr()) {
+		return netip.AddrPort{}, fmt.Errorf("%w: %s", ErrNotOverlay, ap.Addr())
+	}
+	return ap, nil
+}
+
+// Close stops the node: it closes the listeners it handed out, then the
+// WireGuard device and the TUN backend. A second call returns an error
+// wrapping net.ErrClosed.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return fmt.Errorf("node: close: %w", net.ErrClosed)
+	}
+	n.closed = true
+	dev, closers := n.dev, n.closers
+	n.closers = nil
+	n.mu.Unlock()
+
+	for c := range closers {
+		c.Close()
+	}
+	if dev != nil {
+		dev.Close()
+	}
+	if n.log != nil && dev != nil {
+		n.log.Info("node closed", "addr", n.Addr())
+	}
+	return nil
+}

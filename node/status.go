@@ -1,0 +1,80 @@
+package node
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// Status is a node's view of itself and its peers. It is the body of the
+// LocalAPI's GET /v1/status.
+type Status struct {
+	Addr       netip.Addr           `json:"address"`
+	PublicKey  identity.WGPublicKey `json:"public_key"`
+	AgentKey   identity.PublicKey   `json:"agent_key"`
+	ListenPort uint16               `json:"listen_port"`
+	Mode       string               `json:"mode"` // "embedded" or "tun"
+	TUN        string               `json:"tun,omitempty"`
+	Peers      []PeerStatus         `json:"peers"`
+	Filter     FilterStatus         `json:"filter"`
+}
+
+// PeerStatus is one peer as the WireGuard device sees it.
+type PeerStatus struct {
+	PublicKey     identity.WGPublicKey `json:"public_key"`
+	Addr          netip.Addr           `json:"address"`
+	Endpoint      netip.AddrPort       `json:"endpoint"` // "" until known
+	LastHandshake *time.Time           `json:"last_handshake,omitempty"`
+	RxBytes       uint64               `json:"rx_bytes"`
+	TxBytes       uint64               `json:"tx_bytes"`
+}
+
+// FilterStatus are the packet filter's counters.
+type FilterStatus struct {
+	InPackets   uint64            `json:"in_packets"`
+	InBytes     uint64            `json:"in_bytes"`
+	OutPackets  uint64            `json:"out_packets"`
+	OutBytes    uint64            `json:"out_bytes"`
+	ActiveFlows int               `json:"active_flows"`
+	Untracked   uint64            `json:"untracked_packets"`
+	Drops       map[string]uint64 `json:"drops"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() (Status, error) {
+	dev, err := n.running()
+	if err != nil {
+		return Status{}, fmt.Errorf("node: status: %w", err)
+	}
+	port, err := dev.ListenPort()
+	if err != nil {
+		return Status{}, err
+	}
+	peers, err := dev.Peers()
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{
+		Addr:       n.Addr(),
+		PublicKey:  n.PublicKey(),
+		AgentKey:   n.AgentKey(),
+		ListenPort: port,
+		Mode:       n.mode(),
+		TUN:        n.TUN,
+		Peers:      make([]PeerStatus, 0, len(peers)),
+	}
+	for _, p := range peers {
+		ps := PeerStatus{PublicKey: p.PublicKey, Addr: p.Addr, Endpoint: p.Endpoint, RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+		if !p.LastHandshake.IsZero() {
+			t := p.LastHandshake
+			ps.LastHandshake = &t
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	fs := dev.Filter().Stats()
+	st.Filter = FilterStatus(fs)
+	return st, nil
+}
+

@@ -1,0 +1,270 @@
+package overlay
+
+import (
+	"bufio"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// Config configures a Device. Zero values are the documented defaults.
+type Config struct {
+	// PrivateKey is the node's WireGuard key. Required.
+	PrivateKey identity.WGPrivateKey
+	// ListenPort is the UDP port; 0 picks a free one (see Device.ListenPort).
+	ListenPort uint16
+	// Filter configures the packet filter. Its Local field is set from
+	// PrivateKey; the rest default as FilterConfig documents.
+	Filter FilterConfig
+	// Bind is the UDP transport; nil means wireguard-go's default (one
+	// socket per address family on ListenPort).
+	Bind conn.Bind
+	// Logger receives the device's log. Nil discards.
+	Logger *slog.Logger
+}
+
+// PeerConfig is one WireGuard peer.
+type PeerConfig struct {
+	PublicKey identity.WGPublicKey
+	// Endpoint is where to send; zero means wait for the peer to call.
+	Endpoint netip.AddrPort
+	// AllowedIPs are the inner source addresses the peer may use. Empty means
+	// exactly the peer's derived /128, which is what Agent6 always wants.
+	AllowedIPs []netip.Prefix
+	// PersistentKeepalive, if non-zero, keeps NAT mappings open.
+	PersistentKeepalive time.Duration
+}
+
+// PeerStats is what the device reports of one peer.
+type PeerStats struct {
+	PublicKey        identity.WGPublicKey
+	Addr             netip.Addr
+	Endpoint         netip.AddrPort // zero until known
+	LastHandshake    time.Time      // zero if never
+	RxBytes, TxBytes uint64
+	AllowedIPs       []netip.Prefix
+}
+
+// Device is a WireGuard device with the Agent6 filter in its packet path,
+// configured through typed values. Safe for concurrent use.
+type Device struct {
+	wg     *device.Device
+	filter *Filter
+	addr   netip.Addr
+	log    *slog.Logger
+
+	closeOnce sync.Once
+}
+
+// NewDevice starts a WireGuard device on the TUN backend tunDev (kernel TUN
+// or netstack), wrapped in the Agent6 filter. The device owns tunDev from
+// then on, and Close closes it.
+func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
+	var zero identity.WGPrivateKey
+	if cfg.PrivateKey.Equal(zero) {
+		tunDev.Close()
+		return nil, errors.New("overlay: Config.PrivateKey is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	pub := cfg.PrivateKey.Public()
+	addr := pub.Addr()
+	fcfg := cfg.Filter
+	fcfg.Local = addr
+	if fcfg.Logger == nil {
+		fcfg.Logger = log
+	}
+	filter := NewFilter(tunDev, fcfg)
+	bind := cfg.Bind
+	if bind == nil {
+		bind = conn.NewDefaultBind()
+	}
+	wgLog := &device.Logger{
+		Verbosef: func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
+	}
+	d := &Device{
+		wg:     device.NewDevice(filter, bind, wgLog),
+		filter: filter,
+		addr:   addr,
+		log:    log,
+	}
+	raw := cfg.PrivateKey.Raw()
+	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(raw[:]), cfg.ListenPort)
+	if err := d.wg.IpcSet(uapi); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("overlay: configure device: %w", err)
+	}
+	if err := d.wg.Up(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("overlay: bring device up (UDP port %d): %w", cfg.ListenPort, err)
+	}
+	return d, nil
+}
+
+// Addr returns the node's Agent6 address.
+func (d *Device) Addr() netip.Addr { return d.addr }
+
+// Filter returns the device's packet filter.
+func (d *Device) Filter() *Filter { return d.filter }
+
+// ListenPort returns the UDP port the device listens on.
+func (d *Device) ListenPort() (uint16, error) {
+	st, err := d.get()
+	if err != nil {
+		return 0, err
+	}
+	return st.listenPort, nil
+}
+
+// SetPeer adds the peer, or updates it if the key is already a peer.
+func (d *Device) SetPeer(p PeerConfig) error {
+	if p.PublicKey.IsZero() {
+		return errors.New("overlay: peer public key is required")
+	}
+	if p.PersistentKeepalive < 0 || p.PersistentKeepalive > 65535*time.Second {
+		return fmt.Errorf("overlay: peer %s: persistent keepalive %v out of range", p.PublicKey.ShortString(), p.PersistentKeepalive)
+	}
+	raw := p.PublicKey.Raw()
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(raw[:]))
+	if p.Endpoint.IsValid() {
+		fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+	}
+	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.PersistentKeepalive/time.Second))
+	b.WriteString("replace_allowed_ips=true\n")
+	allowed := p.AllowedIPs
+	if len(allowed) == 0 {
+		allowed = []netip.Prefix{netip.PrefixFrom(p.PublicKey.Addr(), 128)}
+	}
+	for _, pfx := range allowed {
+		if !pfx.IsValid() {
+			return fmt.Errorf("overlay: peer %s: invalid allowed prefix", p.PublicKey.ShortString())
+		}
+		fmt.Fprintf(&b, "allowed_ip=%s\n", pfx.Masked())
+	}
+	if err := d.wg.IpcSet(b.String()); err != nil {
+		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
+	}
+	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint)
+	return nil
+}
+
+// RemovePeer removes the peer with key pub; removing an absent peer is not
+// an error.
+func (d *Device) RemovePeer(pub identity.WGPublicKey) error {
+	raw := pub.Raw()
+	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))); err != nil {
+		return fmt.Errorf("overlay: remove peer %s: %w", pub.ShortString(), err)
+	}
+	return nil
+}
+
+// Peers returns the state of every peer.
+func (d *Device) Peers() ([]PeerStats, error) {
+	st, err := d.get()
+	if err != nil {
+		return nil, err
+	}
+	return st.peers, nil
+}
+
+// Close shuts the device down and closes the TUN backend. It is idempotent
+// and returns an error wrapping net.ErrClosed after the first call.
+func (d *Device) Close() error {
+	first := false
+	d.closeOnce.Do(func() {
+		first = true
+		d.wg.Close() // closes the filter, which closes the backend
+		d.filter.Close()
+	})
+	if !first {
+		return fmt.Errorf("overlay: device: %w", net.ErrClosed)
+	}
+	return nil
+}
+
+type deviceState struct {
+	listenPort uint16
+	peers      []PeerStats
+}
+
+// get reads the device's state through the UAPI get operation; the text
+// format stays inside this function.
+func (d *Device) get() (deviceState, error) {
+	var st deviceState
+	text, err := d.wg.IpcGet()
+	if err != nil {
+		return st, fmt.Errorf("overlay: read device state: %w", err)
+	}
+	var cur *PeerStats
+	var hsSec, hsNsec int64
+	flush := func() {
+		if cur == nil {
+			return
+		}
+		if hsSec != 0 || hsNsec != 0 {
+			cur.LastHandshake = time.Unix(hsSec, hsNsec)
+		}
+		st.peers = append(st.peers, *cur)
+		cur, hsSec, hsNsec = nil, 0, 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "listen_port":
+			n, _ := strconv.ParseUint(v, 10, 16)
+			st.listenPort = uint16(n)
+		case "public_key":
+			flush()
+			raw, err := hex.DecodeString(v)
+			if err != nil || len(raw) != 32 {
+				return st, fmt.Errorf("overlay: device reported bad public key %q", v)
+			}
+			pub := identity.WGPublicKeyFromRaw([32]byte(raw))
+			cur = &PeerStats{PublicKey: pub, Addr: pub.Addr()}
+		}
+		if cur == nil {
+			continue
+		}
+		switch k {
+		case "endpoint":
+			if ap, err := netip.ParseAddrPort(v); err == nil {
+				cur.Endpoint = ap
+			}
+		case "last_handshake_time_sec":
+			hsSec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			hsNsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			cur.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			cur.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "allowed_ip":
+			if p, err := netip.ParsePrefix(v); err == nil {
+				cur.AllowedIPs = append(cur.AllowedIPs, p)
+			}
+		}
+	}
+	flush()
+	return st, nil
+}

@@ -1,0 +1,14 @@
+// Package overlay owns the Agent6 data plane: the WireGuard device
+// (wireguard-go, configured through typed values), its two TUN backends
+// (a kernel TUN device for the sidecar, a gVisor netstack for embedded use),
+// and the Agent6 filter, a tun.Device wrapper that sits between the backend
+// and WireGuard and sees every packet.
+//
+//	app ── kernel TUN or netstack ── Filter ── wireguard-go ── UDP
+//
+// The filter refuses outbound packets whose source is not this node and
+// inbound packets not addressed to it, and counts every flow. WireGuard's
+// cryptokey routing, with each peer's AllowedIPs set to the /128 derived
+// from its key, refuses inbound packets whose source does not belong to the
+// peer that sent them. Together they make the source address an identity.
+package overlay

@@ -1,0 +1,334 @@
+package overlay
+
+import (
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// DropReason says why the filter refused a packet.
+type DropReason uint8
+
+const (
+	// DropMalformed: not a whole, well-formed IPv6 packet.
+	DropMalformed DropReason = iota
+	// DropNotOverlay: link-local, multicast or other non-overlay traffic
+	// the kernel emits on a TUN; expected, so counted but not logged.
+	DropNotOverlay
+	// DropSpoofedSource: an outbound packet whose source is not one of this
+	// node's addresses.
+	DropSpoofedSource
+	// DropForeignDestination: an inbound packet not addressed to this node.
+	DropForeignDestination
+	numDropReasons
+)
+
+var dropReasonNames = [numDropReasons]string{
+	DropMalformed:          "malformed",
+	DropNotOverlay:         "not_overlay",
+	DropSpoofedSource:      "spoofed_source",
+	DropForeignDestination: "foreign_destination",
+}
+
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropReasonNames[r]
+	}
+	return "unknown"
+}
+
+// FilterStats are the filter's counters since it was made.
+type FilterStats struct {
+	InPackets, InBytes   uint64 // delivered to this node
+	OutPackets, OutBytes uint64 // sent by this node
+	ActiveFlows          int
+	Untracked            uint64            // packets passed while the flow table was full
+	Drops                map[string]uint64 // by DropReason name
+}
+
+// FilterConfig configures a Filter. Zero values are the defaults.
+type FilterConfig struct {
+	// Local is this node's address: the only source it may send from and
+	// the only destination it accepts.
+	Local netip.Addr
+	// MaxFlows bounds the flow table (default 65536). When it is full, new
+	// flows pass untracked and are counted in FilterStats.Untracked.
+	MaxFlows int
+	// FlowIdle is how long a flow may stay silent before it is ended
+	// (default 2 minutes).
+	FlowIdle time.Duration
+	// OnFlowEnd, if set, is called with each flow that ends (idle or at
+	// Close), from the filter's sweeper goroutine. It must not block.
+	OnFlowEnd func(Flow)
+	// Logger receives rate-limited drop reports. Nil discards.
+	Logger *slog.Logger
+}
+
+// Filter is the Agent6 packet filter: a tun.Device that wraps the TUN
+// backend, sits between it and the WireGuard device, and sees every packet.
+// Outbound (Read, from the local stack towards WireGuard) it refuses packets
+// whose source is not this node; inbound (Write, from WireGuard towards the
+// local stack) it refuses packets not addressed to this node. WireGuard's
+// cryptokey routing has already refused inbound packets whose source does
+// not belong to the sending peer's key. Every accepted packet is counted
+// against its flow.
+//
+// Read and Write do not allocate for packets of a known flow. Read is called
+// from one goroutine; Write may be called concurrently.
+type Filter struct {
+	inner tun.Device
+	cfg   FilterConfig
+	local atomic.Pointer[[16]byte]
+	log   *slog.Logger
+
+	flows flowTable
+
+	inPackets, inBytes   atomic.Uint64
+	outPackets, outBytes atomic.Uint64
+	untracked            atomic.Uint64
+	drops                [numDropReasons]atomic.Uint64
+	lastLog              [numDropReasons]atomic.Int64 // unix nanos of the last drop log
+
+	closeOnce sync.Once
+	done      chan struct{}
+	wg        sync.WaitGroup
+}
+
+var _ tun.Device = (*Filter)(nil)
+
+const dropLogEvery = 10 * time.Second
+
+// NewFilter wraps inner. It starts a sweeper goroutine that Close stops.
+func NewFilter(inner tun.Device, cfg FilterConfig) *Filter {
+	if cfg.MaxFlows <= 0 {
+		cfg.MaxFlows = 1 << 16
+	}
+	if cfg.FlowIdle <= 0 {
+		cfg.FlowIdle = 2 * time.Minute
+	}
+	f := &Filter{
+		inner: inner,
+		cfg:   cfg,
+		log:   cfg.Logger,
+		done:  make(chan struct{}),
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	f.flows.init(cfg.MaxFlows)
+	f.SetLocal(cfg.Local)
+	f.wg.Go(f.sweepLoop)
+	return f
+}
+
+// SetLocal replaces this node's address. Safe for concurrent use.
+func (f *Filter) SetLocal(a netip.Addr) {
+	b := a.As16()
+	f.local.Store(&b)
+}
+
+// File implements tun.Device.
+func (f *Filter) File() *os.File { return f.inner.File() }
+
+// MTU implements tun.Device.
+func (f *Filter) MTU() (int, error) { return f.inner.MTU() }
+
+// Name implements tun.Device.
+func (f *Filter) Name() (string, error) { return f.inner.Name() }
+
+// Events implements tun.Device.
+func (f *Filter) Events() <-chan tun.Event { return f.inner.Events() }
+
+// BatchSize implements tun.Device.
+func (f *Filter) BatchSize() int { return f.inner.BatchSize() }
+
+// Read implements tun.Device: packets the local stack sends. A refused
+// packet is reported with size 0, which wireguard-go skips.
+func (f *Filter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := f.inner.Read(bufs, sizes, offset)
+	if n == 0 {
+		return n, err
+	}
+	local := f.local.Load()
+	now := f.flows.now()
+	var info packetInfo
+	var pkts, bytes uint64
+	f.flows.mu.RLock()
+	for i := range n {
+		size := sizes[i]
+		if size == 0 {
+			continue
+		}
+		pkt := bufs[i][offset : offset+size]
+		if !parseIPv6(pkt, &info) {
+			f.drop(DropMalformed, &info, false)
+			sizes[i] = 0
+			continue
+		}
+		if info.src != *local {
+			reason := DropSpoofedSource
+			if !overlayAddr(&info.src) || !overlayAddr(&info.dst) {
+				reason = DropNotOverlay
+			}
+			f.drop(reason, &info, true)
+			sizes[i] = 0
+			continue
+		}
+		if !overlayAddr(&info.dst) {
+			f.drop(DropNotOverlay, &info, true)
+			sizes[i] = 0
+			continue
+		}
+		key := flowKey{local: info.src, remote: info.dst, lport: info.sport, rport: info.dport, proto: info.proto}
+		f.account(key, now, size, true)
+		pkts++
+		bytes += uint64(size)
+	}
+	f.flows.mu.RUnlock()
+	f.outPackets.Add(pkts)
+	f.outBytes.Add(bytes)
+	return n, err
+}
+
+// Write implements tun.Device: packets WireGuard received and decrypted.
+// Refused packets are removed from bufs (which is reordered in place)
+// before the rest are written to the inner device.
+func (f *Filter) Write(bufs [][]byte, offset int) (int, error) {
+	local := f.local.Load()
+	now := f.flows.now()
+	var info packetInfo
+	var pkts, bytes uint64
+	kept := bufs[:0]
+	f.flows.mu.RLock()
+	for _, buf := range bufs {
+		pkt := buf[offset:]
+		if !parseIPv6(pkt, &info) {
+			f.drop(DropMalformed, &info, false)
+			continue
+		}
+		if info.dst != *local {
+			f.drop(DropForeignDestination, &info, true)
+			continue
+		}
+		key := flowKey{local: info.dst, remote: info.src, lport: info.dport, rport: info.sport, proto: info.proto}
+		f.account(key, now, len(pkt), false)
+		pkts++
+		bytes += uint64(len(pkt))
+		kept = append(kept, buf)
+	}
+	f.flows.mu.RUnlock()
+	f.inPackets.Add(pkts)
+	f.inBytes.Add(bytes)
+	if len(kept) == 0 {
+		return len(bufs), nil
+	}
+	if _, err := f.inner.Write(kept, offset); err != nil {
+		return 0, err
+	}
+	return len(bufs), nil
+}
+
+// account counts one packet against its flow. The caller holds
+// f.flows.mu.RLock; account may drop and retake it to insert a new flow.
+func (f *Filter) account(key flowKey, now int64, size int, out bool) {
+	fl := f.flows.m[key]
+	if fl == nil {
+		f.flows.mu.RUnlock()
+		fl = f.flows.insert(key, now)
+		f.flows.mu.RLock()
+		if fl == nil {
+			f.untracked.Add(1)
+			return
+		}
+	}
+	fl.count(now, size, out)
+}
+
+func overlayAddr(a *[16]byte) bool {
+	return a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x00 && a[3] == 0x20|identity.Suite
+}
+
+// drop counts a refused packet and logs it, at most once per reason every
+// dropLogEvery.
+func (f *Filter) drop(r DropReason, info *packetInfo, parsed bool) {
+	n := f.drops[r].Add(1)
+	if r == DropNotOverlay {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := f.lastLog[r].Load()
+	if now-last < int64(dropLogEvery) || !f.lastLog[r].CompareAndSwap(last, now) {
+		return
+	}
+	if parsed {
+		f.log.Warn("packet dropped", "reason", r.String(), "src", netip.AddrFrom16(info.src), "dst", netip.AddrFrom16(info.dst), "proto", info.proto, "total", n)
+	} else {
+		f.log.Warn("packet dropped", "reason", r.String(), "total", n)
+	}
+}
+
+// Stats returns the filter's counters.
+func (f *Filter) Stats() FilterStats {
+	s := FilterStats{
+		InPackets:  f.inPackets.Load(),
+		InBytes:    f.inBytes.Load(),
+		OutPackets: f.outPackets.Load(),
+		OutBytes:   f.outBytes.Load(),
+		Untracked:  f.untracked.Load(),
+		Drops:      make(map[string]uint64, numDropReasons),
+	}
+	for r := range numDropReasons {
+		s.Drops[r.String()] = f.drops[r].Load()
+	}
+	s.ActiveFlows = f.flows.len()
+	return s
+}
+
+// Drops returns how many packets were refused for reason r.
+func (f *Filter) Drops(r DropReason) uint64 { return f.drops[r].Load() }
+
+// Flows returns a snapshot of the active flows.
+func (f *Filter) Flows() []Flow { return f.flows.snapshot() }
+
+// Close stops the sweeper, ends every flow (reporting each to OnFlowEnd)
+// and closes the inner device. It is idempotent.
+func (f *Filter) Close() error {
+	var err error
+	f.closeOnce.Do(func() {
+		close(f.done)
+		f.wg.Wait()
+		err = f.inner.Close()
+		f.endFlows(f.flows.expire(0, true))
+	})
+	return err
+}
+
+func (f *Filter) sweepLoop() {
+	interval := min(f.cfg.FlowIdle/4, 10*time.Second)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.done:
+			return
+		case <-t.C:
+			f.endFlows(f.flows.expire(f.flows.now()-int64(f.cfg.FlowIdle), false))
+		}
+	}
+}
+
+func (f *Filter) endFlows(ended []Flow) {
+	if f.cfg.OnFlowEnd == nil {
+		return
+	}
+	for _, fl := range ended {
+		f.cfg.OnFlowEnd(fl)
+	}
+}

@@ -1,0 +1,76 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// CreateKernelTUN creates the kernel TUN interface name with the given MTU,
+// gives it addr as a /128, brings it up and routes the Agent6 prefix
+// (2001:20::/28) into it. It needs CAP_NET_ADMIN. Closing the returned
+// device removes the interface, its address and its route.
+func CreateKernelTUN(name string, mtu int, addr netip.Addr) (tun.Device, error) {
+	dev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("overlay: create TUN %q: %w (needs root or CAP_NET_ADMIN)", name, err)
+		}
+		return nil, fmt.Errorf("overlay: create TUN %q: %w", name, err)
+	}
+	real, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("overlay: TUN name: %w", err)
+	}
+	if err := configureLink(real, mtu, addr); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+func configureLink(name string, mtu int, addr netip.Addr) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("overlay: find link %q: %w", name, err)
+	}
+	// No link-local address, router solicitations or RAs: the overlay
+	// carries only Agent6 addresses.
+	for file, val := range map[string]string{"addr_gen_mode": "1", "accept_ra": "0", "router_solicitations": "0"} {
+		p := filepath.Join("/proc/sys/net/ipv6/conf", name, file)
+		_ = os.WriteFile(p, []byte(val), 0o644) // best effort; absent on kernels without IPv6 sysctls
+	}
+	if err := netlink.LinkSetMTU(link, mtu); err != nil {
+		return fmt.Errorf("overlay: set MTU %d on %q: %w", mtu, name, err)
+	}
+	a := &netlink.Addr{
+		IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(128, 128)},
+		Flags: unix.IFA_F_NODAD,
+	}
+	if err := netlink.AddrAdd(link, a); err != nil {
+		return fmt.Errorf("overlay: add address %s to %q: %w", addr, name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("overlay: bring %q up: %w", name, err)
+	}
+	pfx := identity.Prefix
+	route := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 128)},
+		Src:       addr.AsSlice(),
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("overlay: route %s into %q: %w", pfx, name, err)
+	}
+	return nil
+}

@@ -77,4 +77,3 @@ func (n *Node) Status() (Status, error) {
 	st.Filter = FilterStatus(fs)
 	return st, nil
 }
-

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agent6/agent6/node/config"
+	"github.com/agent6/agent6/node/localapi"
+)
+
+func runStatus(args []string, stdout io.Writer) error {
+	fs := newFlags("status", "[--json] [--socket PATH]")
+	asJSON := fs.Bool("json", false, "print JSON")
+	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := (&localapi.Client{Socket: *socket}).Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(stdout, "address     %s\npublic key  %s\nlisten port %d\nmode        %s", st.Addr, st.PublicKey, st.ListenPort, st.Mode)
+	if st.TUN != "" {
+		fmt.Fprintf(stdout, " (%s)", st.TUN)
+	}
+	f := st.Filter
+	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v\n\n", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER ADDRESS\tPUBLIC KEY\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
+	for _, p := range st.Peers {
+		hs := "never"
+		if p.LastHandshake != nil {
+			hs = time.Since(*p.LastHandshake).Round(time.Second).String() + " ago"
+		}
+		ep := "-"
+		if p.Endpoint.IsValid() {
+			ep = p.Endpoint.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", p.Addr, p.PublicKey, ep, hs, p.RxBytes, p.TxBytes)
+	}
+	return tw.Flush()
+}

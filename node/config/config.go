@@ -1,0 +1,280 @@
+// Package config reads the sidecar's YAML configuration file. Every error
+// names the file and the field; unknown keys are errors, so a typo never
+// silently means a default.
+//
+//	key: /etc/agent6/agent.key        # PKCS#8 Ed25519 private key (required)
+//	listen_port: 51820                # UDP
+//	tun: agent6                       # interface name
+//	mtu: 1420
+//	localapi: /run/agent6/agent6.sock # unix socket
+//	log_level: info                   # debug, info, warn, error
+//	peers:                            # static peers
+//	  - public_key: "base64 WireGuard public key"
+//	    endpoint: "192.0.2.1:51820"
+//	    persistent_keepalive: 25      # seconds, optional
+//
+// A peer's address is always derived from its key, never configured.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node"
+)
+
+// Defaults for keys the file leaves out.
+const (
+	DefaultKey        = "/etc/agent6/agent.key"
+	DefaultListenPort = 51820
+	DefaultTUN        = "agent6"
+	DefaultLocalAPI   = "/run/agent6/agent6.sock"
+)
+
+// Config is a loaded, validated configuration.
+type Config struct {
+	Path       string // the file it came from
+	KeyFile    string // absolute or relative to the working directory
+	Key        identity.PrivateKey
+	ListenPort uint16
+	TUN        string
+	MTU        int
+	LocalAPI   string
+	LogLevel   slog.Level
+	Peers      []node.Peer
+}
+
+// Error is a configuration error: the file, the field (a path such as
+// "peers[1].endpoint", empty for the file as a whole) and what is wrong.
+type Error struct {
+	File  string
+	Field string
+	Err   error
+}
+
+func (e *Error) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("config %s: %v", e.File, e.Err)
+	}
+	return fmt.Sprintf("config %s: %s: %v", e.File, e.Field, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// file mirrors the YAML document.
+type file struct {
+	Key        *string `yaml:"key"`
+	ListenPort *int    `yaml:"listen_port"`
+	TUN        *string `yaml:"tun"`
+	MTU        *int    `yaml:"mtu"`
+	LocalAPI   *string `yaml:"localapi"`
+	LogLevel   *string `yaml:"log_level"`
+	Peers      []peer  `yaml:"peers"`
+}
+
+type peer struct {
+	PublicKey           string `yaml:"public_key"`
+	Endpoint            string `yaml:"endpoint"`
+	PersistentKeepalive int    `yaml:"persistent_keepalive"`
+}
+
+var (
+	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers"}
+	peerKeys = []string{"public_key", "endpoint", "persistent_keepalive"}
+)
+
+// maxFileSize bounds what Load reads.
+const maxFileSize = 1 << 20
+
+// Load reads and validates the configuration at path, including the key
+// file it names (relative paths are relative to the config file).
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &Error{File: path, Err: err}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, &Error{File: path, Err: err}
+	}
+	if len(data) > maxFileSize {
+		return nil, &Error{File: path, Err: fmt.Errorf("larger than %d bytes", maxFileSize)}
+	}
+	return Parse(path, data)
+}
+
+// Parse validates data as the configuration file named path.
+func Parse(path string, data []byte) (*Config, error) {
+	fail := func(field string, format string, args ...any) error {
+		return &Error{File: path, Field: field, Err: fmt.Errorf(format, args...)}
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &Error{File: path, Err: err}
+	}
+	if err := checkKeys(&doc, path); err != nil {
+		return nil, err
+	}
+	var raw file
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&raw); err != nil && !errors.Is(err, io.EOF) {
+		return nil, &Error{File: path, Err: err}
+	}
+
+	c := &Config{Path: path, KeyFile: DefaultKey, ListenPort: DefaultListenPort, TUN: DefaultTUN, MTU: node.DefaultMTU, LocalAPI: DefaultLocalAPI, LogLevel: slog.LevelInfo}
+	if raw.Key != nil {
+		if *raw.Key == "" {
+			return nil, fail("key", "empty path")
+		}
+		c.KeyFile = *raw.Key
+		if !filepath.IsAbs(c.KeyFile) {
+			c.KeyFile = filepath.Join(filepath.Dir(path), c.KeyFile)
+		}
+	}
+	if raw.ListenPort != nil {
+		if *raw.ListenPort < 0 || *raw.ListenPort > 65535 {
+			return nil, fail("listen_port", "%d is not a UDP port (0-65535)", *raw.ListenPort)
+		}
+		c.ListenPort = uint16(*raw.ListenPort)
+	}
+	if raw.TUN != nil {
+		if *raw.TUN == "" || len(*raw.TUN) > 15 || strings.ContainsAny(*raw.TUN, "/ \t\n%:") {
+			return nil, fail("tun", "%q is not a valid interface name (1-15 characters, no '/', ':', '%%' or spaces)", *raw.TUN)
+		}
+		c.TUN = *raw.TUN
+	}
+	if raw.MTU != nil {
+		if *raw.MTU < 1280 || *raw.MTU > 65535 {
+			return nil, fail("mtu", "%d out of range (1280-65535; IPv6 needs at least 1280)", *raw.MTU)
+		}
+		c.MTU = *raw.MTU
+	}
+	if raw.LocalAPI != nil {
+		if *raw.LocalAPI == "" {
+			return nil, fail("localapi", "empty path")
+		}
+		c.LocalAPI = *raw.LocalAPI
+	}
+	if raw.LogLevel != nil {
+		if err := c.LogLevel.UnmarshalText([]byte(*raw.LogLevel)); err != nil {
+			return nil, fail("log_level", "%q is not one of debug, info, warn, error", *raw.LogLevel)
+		}
+	}
+	seen := make(map[identity.WGPublicKey]int)
+	for i, p := range raw.Peers {
+		field := fmt.Sprintf("peers[%d]", i)
+		if p.PublicKey == "" {
+			return nil, fail(field+".public_key", "missing")
+		}
+		pub, err := identity.ParseWGPublicKey(p.PublicKey)
+		if err != nil {
+			return nil, fail(field+".public_key", "%v", err)
+		}
+		if j, dup := seen[pub]; dup {
+			return nil, fail(field+".public_key", "same key as peers[%d]", j)
+		}
+		seen[pub] = i
+		np := node.Peer{PublicKey: pub}
+		if p.Endpoint != "" {
+			ap, err := netip.ParseAddrPort(p.Endpoint)
+			if err != nil {
+				return nil, fail(field+".endpoint", "%q is not IP:port or [IPv6]:port", p.Endpoint)
+			}
+			if ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+				return nil, fail(field+".endpoint", "%s is not a usable peer address", ap)
+			}
+			np.Endpoint = ap
+		}
+		if p.PersistentKeepalive < 0 || p.PersistentKeepalive > 65535 {
+			return nil, fail(field+".persistent_keepalive", "%d out of range (0-65535 seconds)", p.PersistentKeepalive)
+		}
+		np.PersistentKeepalive = time.Duration(p.PersistentKeepalive) * time.Second
+		c.Peers = append(c.Peers, np)
+	}
+	key, err := identity.LoadPrivateKey(c.KeyFile)
+	if err != nil {
+		return nil, fail("key", "%v", err)
+	}
+	c.Key = key
+	self := key.WireGuard().Public()
+	if i, ok := seen[self]; ok {
+		return nil, fail(fmt.Sprintf("peers[%d].public_key", i), "is this node's own key")
+	}
+	return c, nil
+}
+
+// checkKeys refuses keys the format does not define, naming them and
+// their line, before decoding.
+func checkKeys(doc *yaml.Node, path string) error {
+	if doc.Kind == 0 { // empty file
+		return nil
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+		return &Error{File: path, Err: errors.New("not a YAML mapping of keys to values")}
+	}
+	top := doc.Content[0]
+	if err := checkMapping(top, "", topKeys, path); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value != "peers" {
+			continue
+		}
+		peers := top.Content[i+1]
+		if peers.Kind != yaml.SequenceNode {
+			if peers.Tag == "!!null" {
+				continue
+			}
+			return &Error{File: path, Field: "peers", Err: fmt.Errorf("line %d: want a list of peers", peers.Line)}
+		}
+		for j, p := range peers.Content {
+			field := fmt.Sprintf("peers[%d]", j)
+			if p.Kind != yaml.MappingNode {
+				return &Error{File: path, Field: field, Err: fmt.Errorf("line %d: want a mapping with public_key and endpoint", p.Line)}
+			}
+			if err := checkMapping(p, field+".", peerKeys, path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkMapping(m *yaml.Node, prefix string, allowed []string, path string) error {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k := m.Content[i]
+		ok := false
+		for _, a := range allowed {
+			ok = ok || k.Value == a
+		}
+		if !ok {
+			return &Error{File: path, Field: prefix + k.Value, Err: fmt.Errorf("line %d: unknown key (known: %s)", k.Line, strings.Join(allowed, ", "))}
+		}
+	}
+	return nil
+}
+
+// Node returns the sidecar node this configuration describes.
+func (c *Config) Node(logger *slog.Logger) *node.Node {
+	return &node.Node{
+		Key:        c.Key,
+		ListenPort: c.ListenPort,
+		TUN:        c.TUN,
+		MTU:        c.MTU,
+		Peers:      c.Peers,
+		Logger:     logger,
+	}
+}

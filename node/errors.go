@@ -10,4 +10,6 @@ var (
 	ErrNotOverlay = errors.New("node: address is not an Agent6 overlay address")
 	// ErrNotLocal reports a listen address that is not this node's.
 	ErrNotLocal = errors.New("node: address is not this node's")
+	// ErrUnknownAddr reports an overlay address that no known key holds.
+	ErrUnknownAddr = errors.New("node: no known agent holds this address")
 )

@@ -153,9 +153,14 @@ func (f *Filter) BatchSize() int { return f.inner.BatchSize() }
 // packet is reported with size 0, which wireguard-go skips.
 func (f *Filter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := f.inner.Read(bufs, sizes, offset)
-	if n == 0 {
-		return n, err
+	if n > 0 {
+		f.filterOut(bufs, sizes, n, offset)
 	}
+	return n, err
+}
+
+// filterOut checks and counts the first n packets that Read returned.
+func (f *Filter) filterOut(bufs [][]byte, sizes []int, n, offset int) {
 	local := f.local.Load()
 	now := f.flows.now()
 	var info packetInfo
@@ -194,7 +199,6 @@ func (f *Filter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	f.flows.mu.RUnlock()
 	f.outPackets.Add(pkts)
 	f.outBytes.Add(bytes)
-	return n, err
 }
 
 // Write implements tun.Device: packets WireGuard received and decrypted.

@@ -36,9 +36,11 @@ func parseIPv6(pkt []byte, info *packetInfo) bool {
 	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
 		return false
 	}
-	if int(binary.BigEndian.Uint16(pkt[4:6]))+ipv6HeaderLen > len(pkt) {
+	end := int(binary.BigEndian.Uint16(pkt[4:6])) + ipv6HeaderLen
+	if end > len(pkt) {
 		return false
 	}
+	pkt = pkt[:end] // bytes past the payload length are link padding
 	copy(info.src[:], pkt[8:24])
 	copy(info.dst[:], pkt[24:40])
 	info.sport, info.dport = 0, 0

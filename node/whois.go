@@ -1,0 +1,45 @@
+package node
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// WhoIsResult says who holds an overlay address.
+type WhoIsResult struct {
+	Addr      netip.Addr           `json:"address"`
+	PublicKey identity.WGPublicKey `json:"public_key"`
+	Self      bool                 `json:"self,omitempty"`
+}
+
+// WhoIs returns the identity behind an overlay address: this node, or one
+// of its peers. Because the address is derived from the key and WireGuard
+// only accepts packets from a peer's own address, the remote address of any
+// connection names the key that sent it: WhoIs(conn.RemoteAddr()) is an
+// authenticated answer. It fails with ErrUnknownAddr for an address no
+// known key holds.
+func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
+	dev, err := n.running()
+	if err != nil {
+		return WhoIsResult{}, fmt.Errorf("node: whois: %w", err)
+	}
+	addr = addr.Unmap()
+	if !identity.IsOverlay(addr) {
+		return WhoIsResult{}, fmt.Errorf("node: whois %s: %w", addr, ErrNotOverlay)
+	}
+	if addr == n.Addr() {
+		return WhoIsResult{Addr: addr, PublicKey: n.PublicKey(), Self: true}, nil
+	}
+	peers, err := dev.Peers()
+	if err != nil {
+		return WhoIsResult{}, err
+	}
+	for _, p := range peers {
+		if p.Addr == addr {
+			return WhoIsResult{Addr: addr, PublicKey: p.PublicKey}, nil
+		}
+	}
+	return WhoIsResult{}, fmt.Errorf("node: whois %s: %w", addr, ErrUnknownAddr)
+}

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -95,8 +96,20 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 		bind = conn.NewDefaultBind()
 	}
 	wgLog := &device.Logger{
-		Verbosef: func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
-		Errorf:   func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
+		Verbosef: func(format string, args ...any) {
+			// wireguard-go reports cryptokey-routing refusals only in its
+			// verbose log; count them as drops. The format strings are
+			// pinned by TestSpoofedSourceRefused in package node.
+			if strings.HasPrefix(format, "IPv6 packet with disallowed source address") ||
+				strings.HasPrefix(format, "IPv4 packet with disallowed source address") {
+				filter.countPeerSpoof(fmt.Sprint(args...))
+				return
+			}
+			if log.Enabled(context.Background(), slog.LevelDebug) {
+				log.Debug("wireguard: " + fmt.Sprintf(format, args...))
+			}
+		},
+		Errorf: func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
 	}
 	d := &Device{
 		wg:     device.NewDevice(filter, bind, wgLog),

@@ -27,6 +27,9 @@ const (
 	DropSpoofedSource
 	// DropForeignDestination: an inbound packet not addressed to this node.
 	DropForeignDestination
+	// DropPeerSpoofedSource: a peer sent a packet whose source is not an
+	// address its key holds; WireGuard's cryptokey routing refused it.
+	DropPeerSpoofedSource
 	numDropReasons
 )
 
@@ -35,6 +38,7 @@ var dropReasonNames = [numDropReasons]string{
 	DropNotOverlay:         "not_overlay",
 	DropSpoofedSource:      "spoofed_source",
 	DropForeignDestination: "foreign_destination",
+	DropPeerSpoofedSource:  "peer_spoofed_source",
 }
 
 func (r DropReason) String() string {
@@ -259,6 +263,23 @@ func overlayAddr(a *[16]byte) bool {
 	return a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x00 && a[3] == 0x20|identity.Suite
 }
 
+// countPeerSpoof counts a packet WireGuard refused because its source is
+// not in the sending peer's AllowedIPs.
+func (f *Filter) countPeerSpoof(peer string) {
+	n := f.drops[DropPeerSpoofedSource].Add(1)
+	if f.logDue(DropPeerSpoofedSource) {
+		f.log.Warn("packet dropped", "reason", DropPeerSpoofedSource.String(), "peer", peer, "total", n)
+	}
+}
+
+// logDue reports whether a drop of reason r should be logged now: at most
+// once per reason every dropLogEvery.
+func (f *Filter) logDue(r DropReason) bool {
+	now := time.Now().UnixNano()
+	last := f.lastLog[r].Load()
+	return now-last >= int64(dropLogEvery) && f.lastLog[r].CompareAndSwap(last, now)
+}
+
 // drop counts a refused packet and logs it, at most once per reason every
 // dropLogEvery.
 func (f *Filter) drop(r DropReason, info *packetInfo, parsed bool) {
@@ -266,9 +287,7 @@ func (f *Filter) drop(r DropReason, info *packetInfo, parsed bool) {
 	if r == DropNotOverlay {
 		return
 	}
-	now := time.Now().UnixNano()
-	last := f.lastLog[r].Load()
-	if now-last < int64(dropLogEvery) || !f.lastLog[r].CompareAndSwap(last, now) {
+	if !f.logDue(r) {
 		return
 	}
 	if parsed {

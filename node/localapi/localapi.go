@@ -48,7 +48,7 @@ type Server struct {
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("/v1/status", s.only(http.MethodGet, s.status))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := s.badRequests.Add(1)
 		if s.Logger != nil {
@@ -59,7 +59,20 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// BadRequests returns how many requests named no endpoint.
+// only refuses methods other than m with a JSON 405.
+func (s *Server) only(m string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != m {
+			s.badRequests.Add(1)
+			w.Header().Set("Allow", m)
+			writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, m))
+			return
+		}
+		h(w, r)
+	}
+}
+
+// BadRequests returns how many requests were refused as malformed.
 func (s *Server) BadRequests() uint64 { return s.badRequests.Load() }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,47 @@
+# Agent6. `make demo` runs the embedded quickstart (no root); `make test`
+# runs every test (the netns and TUN tests need root and skip without it).
+GO      ?= go
+FUZZTIME ?= 5s
+
+.PHONY: all build demo test unit fuzz lint bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/agent6 ./cmd/agent6
+
+demo:
+	$(GO) run ./examples/quickstart
+
+# The whole suite: lint, race-enabled tests (integration tests included
+# when run as root), then each fuzz target briefly on its seed corpus.
+test: lint unit fuzz
+
+unit:
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+fuzz:
+	@set -e; for spec in \
+		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey \
+		overlay:FuzzParseIPv6 node/config:FuzzParse; do \
+		pkg=$${spec%%:*}; fn=$${spec##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \
+	done
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Benchmarks (root; not part of CI): filter micro-benchmark, then the netns
+# comparison of raw veth, plain wireguard-go and the agent6 sidecar.
+bench: build
+	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
+	$(GO) build -o bin/smallflow ./bench/cmd/smallflow
+	$(GO) build -o bin/netbench ./bench/cmd/netbench
+	$(GO) test ./overlay -run '^$$' -bench . -benchtime 2s -count 5 | tee bench/filter.txt
+	./bin/netbench -bin bin -out bench/RESULTS.md $(BENCHFLAGS)
+
+clean:
+	rm -rf bin

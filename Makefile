@@ -22,7 +22,7 @@ unit:
 
 fuzz:
 	@set -e; for spec in \
-		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey \
+		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
 		overlay:FuzzParseIPv6 node/config:FuzzParse; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \

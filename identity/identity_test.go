@@ -284,3 +284,43 @@ func FuzzParseWGPublicKey(f *testing.F) {
 		}
 	})
 }
+
+func TestSignedRecord(t *testing.T) {
+	k, _ := GeneratePrivateKey()
+	r, err := SignRecord(k, RecordAgent, []byte("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := r.Marshal()
+	got, err := ParseSignedRecord(b)
+	if err != nil || got.Type != RecordAgent || string(got.Payload) != "hello" || !got.Signer.Equal(k.Public()) {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	// Any flipped bit fails: type, signer, payload, signature, length.
+	for i := range b {
+		bad := append([]byte(nil), b...)
+		bad[i] ^= 0x04
+		if _, err := ParseSignedRecord(bad); !errors.Is(err, ErrBadRecord) {
+			t.Fatalf("flipping byte %d: err = %v, want ErrBadRecord", i, err)
+		}
+	}
+	if _, err := ParseSignedRecord(b[:len(b)-1]); !errors.Is(err, ErrBadRecord) {
+		t.Fatal("truncated record accepted")
+	}
+}
+
+func FuzzParseSignedRecord(f *testing.F) {
+	k, _ := PrivateKeyFromSeed(make([]byte, 32))
+	r, _ := SignRecord(k, RecordRevocation, []byte("x"))
+	f.Add(r.Marshal())
+	f.Add([]byte{1, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseSignedRecord(b)
+		if err != nil {
+			return
+		}
+		if string(r.Marshal()) != string(b) {
+			t.Fatal("re-encoding differs")
+		}
+	})
+}

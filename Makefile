@@ -23,6 +23,7 @@ unit:
 fuzz:
 	@set -e; for spec in \
 		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
+		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
 		overlay:FuzzParseIPv6 node/config:FuzzParse; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \

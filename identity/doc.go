@@ -13,5 +13,12 @@
 //     first4 = 20 01 00 21, then 12 bytes of
 //     cSHAKE128(N="", S=ContextID, X=first4 || WireGuard public key).
 //
-// The package is pure: no I/O beyond reading and writing key files.
+// Organisation credentials are X.509 SVIDs (credential.go, ca.go,
+// bundle.go): an Ed25519 CA per trust domain certifies each agent key with
+// the URI SAN spiffe://<trust-domain>/agent/<name> and the derived address
+// as IP SAN; a Bundle of CA certificates says which domains a node trusts;
+// CA-signed revocations (revocation.go) travel as SignedRecords.
+//
+// The package is pure: no I/O beyond reading and writing key, certificate,
+// bundle and revocation files.
 package identity

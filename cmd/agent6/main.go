@@ -23,6 +23,7 @@ var commands = map[string]command{
 	"addr":   {"print the Agent6 address of an agent key or WireGuard key", runAddr},
 	"up":     {"run the sidecar (kernel TUN + LocalAPI) until SIGINT/SIGTERM", runUp},
 	"status": {"show this node and its peers (from the LocalAPI)", runStatus},
+	"ca":     {"organisation CA: init, issue, revoke", runCA},
 }
 
 // errUsage marks errors that are the caller's invocation, exit status 2.

@@ -30,9 +30,11 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
-	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/hashicorp/memberlist"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node/membership"
 	"github.com/agent6/agent6/overlay"
 )
 
@@ -74,6 +76,28 @@ type Node struct {
 	// Logger receives the node's logs. Nil discards them.
 	Logger *slog.Logger
 
+	// Credential is this agent's X.509 certificate (DER) from its
+	// organisation's CA, and Bundle the trust domains it accepts. With both
+	// set the node runs membership: gossip inside the overlay, admitting
+	// every agent whose credential verifies. Without them it has only its
+	// static Peers.
+	Credential []byte
+	Bundle     *identity.Bundle
+	// Join lists join tokens (agent6://KEY@host:port); Up starts joining
+	// through any reachable one, retrying with backoff (see Joined).
+	Join []string
+	// Endpoints are the UDP addresses advertised to other nodes. A zero
+	// port means the WireGuard port. Empty means this host's non-loopback
+	// interface addresses.
+	Endpoints []netip.AddrPort
+	// GossipPort is the memberlist port on the overlay address; 0 means 7946.
+	GossipPort uint16
+	// TuneGossip, if set, adjusts memberlist's timing (tests, benchmarks).
+	TuneGossip func(*memberlist.Config)
+	// ReconnectInterval is how often a peer declared dead is asked whether
+	// it is back (default 10 s; see membership.Config).
+	ReconnectInterval time.Duration
+
 	mu      sync.Mutex // guards the fields below
 	started bool
 	closed  bool
@@ -81,8 +105,14 @@ type Node struct {
 	key     identity.PrivateKey
 	addr    netip.Addr
 	dev     *overlay.Device
-	tnet    *netstack.Net // embedded mode only
+	bind    *overlay.Bind
+	tnet    *overlay.Netstack // embedded mode only
+	members *membership.Membership
+	tokens  []membership.Token
+	joined  chan struct{} // closed when a join succeeded (or none was asked)
 	closers map[io.Closer]struct{}
+	wg      sync.WaitGroup // background goroutines (the join loop)
+	stop    context.CancelFunc
 }
 
 // Up starts the node and returns when it can carry traffic: the key is
@@ -105,10 +135,18 @@ func (n *Node) Up(ctx context.Context) error {
 		return err
 	}
 	n.started = true
+	if n.members != nil {
+		jctx, cancel := context.WithCancel(context.Background())
+		n.stop = cancel
+		n.wg.Go(func() { n.joinLoop(jctx) })
+	} else {
+		close(n.joined)
+	}
 	return nil
 }
 
 func (n *Node) up(ctx context.Context) error {
+	n.joined = make(chan struct{})
 	n.log = n.Logger
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -130,6 +168,19 @@ func (n *Node) up(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if (n.Credential == nil) != (n.Bundle == nil) {
+		return errors.New("node: Credential and Bundle go together: set both for membership, or neither")
+	}
+	if n.Credential == nil && len(n.Join) > 0 {
+		return errors.New("node: Join needs a Credential and a Bundle")
+	}
+	for _, s := range n.Join {
+		t, err := membership.ParseToken(s)
+		if err != nil {
+			return fmt.Errorf("node: join: %w", err)
+		}
+		n.tokens = append(n.tokens, t)
+	}
 	var backend tun.Device
 	if n.TUN != "" {
 		backend, err = overlay.CreateKernelTUN(n.TUN, mtu, n.addr)
@@ -139,9 +190,11 @@ func (n *Node) up(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
+	n.bind = overlay.NewBind()
 	n.dev, err = overlay.NewDevice(backend, overlay.Config{
 		PrivateKey: wgKey,
 		ListenPort: n.ListenPort,
+		Bind:       n.bind,
 		Logger:     n.log,
 	})
 	if err != nil {
@@ -153,6 +206,11 @@ func (n *Node) up(ctx context.Context) error {
 		}
 	}
 	port, _ := n.dev.ListenPort()
+	if n.Credential != nil {
+		if err := n.startMembership(port, mtu); err != nil {
+			return err
+		}
+	}
 	n.log.Info("node up", "addr", n.addr, "peer", wgKey.Public().String(), "port", port, "mode", n.mode())
 	return ctx.Err()
 }
@@ -285,11 +343,17 @@ func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, err
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	local := n.Addr()
+	return n.dial(ctx, network, ap)
+}
+
+// dial, listen and listenPacket work once the backend is up, before Up
+// returns; n.addr and n.tnet do not change after that.
+func (n *Node) dial(ctx context.Context, network string, ap netip.AddrPort) (net.Conn, error) {
+	local := n.addr
 	switch network {
 	case "tcp", "tcp6":
 		if n.tnet != nil {
-			c, err := n.tnet.DialContextTCPAddrPort(ctx, ap)
+			c, err := n.tnet.DialTCP(ctx, ap)
 			if err != nil {
 				return nil, err
 			}
@@ -299,7 +363,7 @@ func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, err
 		return d.DialContext(ctx, "tcp6", ap.String())
 	case "udp", "udp6":
 		if n.tnet != nil {
-			c, err := n.tnet.DialUDPAddrPort(netip.AddrPortFrom(local, 0), ap)
+			c, err := n.tnet.DialUDP(netip.AddrPortFrom(local, 0), ap)
 			if err != nil {
 				return nil, err
 			}
@@ -311,22 +375,34 @@ func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, err
 	return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 }
 
-// Listen listens for TCP connections ("tcp", "tcp6") on address, which is
-// ":port" or "[this-node's-address]:port". Close closes the listener too.
-func (n *Node) Listen(network, address string) (net.Listener, error) {
+func (n *Node) listen(network string, ap netip.AddrPort) (net.Listener, error) {
 	if network != "tcp" && network != "tcp6" {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
 	}
+	if n.tnet != nil {
+		return n.tnet.ListenTCP(ap)
+	}
+	return net.ListenTCP("tcp6", net.TCPAddrFromAddrPort(ap))
+}
+
+func (n *Node) listenPacket(network string, ap netip.AddrPort) (net.PacketConn, error) {
+	if network != "udp" && network != "udp6" {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	if n.tnet != nil {
+		return n.tnet.ListenUDP(ap)
+	}
+	return net.ListenUDP("udp6", net.UDPAddrFromAddrPort(ap))
+}
+
+// Listen listens for TCP connections ("tcp", "tcp6") on address, which is
+// ":port" or "[this-node's-address]:port". Close closes the listener too.
+func (n *Node) Listen(network, address string) (net.Listener, error) {
 	ap, err := n.localAddrPort(address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	var ln net.Listener
-	if n.tnet != nil {
-		ln, err = n.tnet.ListenTCPAddrPort(ap)
-	} else {
-		ln, err = net.ListenTCP("tcp6", net.TCPAddrFromAddrPort(ap))
-	}
+	ln, err := n.listen(network, ap)
 	if err != nil {
 		return nil, err
 	}
@@ -340,19 +416,11 @@ func (n *Node) Listen(network, address string) (net.Listener, error) {
 // ListenPacket listens for UDP datagrams ("udp", "udp6") on address, which
 // is ":port" or "[this-node's-address]:port". Close closes it too.
 func (n *Node) ListenPacket(network, address string) (net.PacketConn, error) {
-	if network != "udp" && network != "udp6" {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
-	}
 	ap, err := n.localAddrPort(address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	var pc net.PacketConn
-	if n.tnet != nil {
-		pc, err = n.tnet.ListenUDPAddrPort(ap)
-	} else {
-		pc, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(ap))
-	}
+	pc, err := n.listenPacket(network, ap)
 	if err != nil {
 		return nil, err
 	}
@@ -453,10 +521,18 @@ func (n *Node) Close() error {
 		return fmt.Errorf("node: close: %w", net.ErrClosed)
 	}
 	n.closed = true
-	dev, closers := n.dev, n.closers
+	dev, closers, members, stop := n.dev, n.closers, n.members, n.stop
 	n.closers = nil
 	n.mu.Unlock()
 
+	if stop != nil {
+		stop()
+	}
+	n.wg.Wait()
+	if members != nil {
+		members.Leave(time.Second)
+		members.Close()
+	}
 	for c := range closers {
 		c.Close()
 	}

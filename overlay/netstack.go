@@ -1,20 +1,205 @@
 package overlay
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"sync"
+	"syscall"
 
 	"golang.zx2c4.com/wireguard/tun"
-	"golang.zx2c4.com/wireguard/tun/netstack"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
-// NewNetstack creates a userspace TCP/IP stack (gVisor) holding addr, and
-// the tun.Device through which its packets reach WireGuard. It needs no
-// privileges, and many can live in one process.
-func NewNetstack(addr netip.Addr, mtu int) (tun.Device, *netstack.Net, error) {
-	dev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, mtu)
-	if err != nil {
-		return nil, nil, fmt.Errorf("overlay: create netstack: %w", err)
+// Netstack is a userspace IPv6 TCP/IP stack (gVisor) holding one overlay
+// address, and the sockets on it. It needs no privileges, and many can
+// live in one process.
+//
+// It replaces wireguard-go's tun/netstack, whose Close closes the packet
+// channel that gVisor's goroutines may still be sending on (a data race,
+// and a "send on closed channel" panic when the timing is unlucky); here
+// shutdown is signalled on a separate channel that senders select on.
+type Netstack struct {
+	stack *stack.Stack
+	dev   *netstackTUN
+}
+
+// netstackTUN is the tun.Device side of a Netstack.
+type netstackTUN struct {
+	ep       *channel.Endpoint
+	stack    *stack.Stack
+	notify   *channel.NotificationHandle
+	events   chan tun.Event
+	incoming chan *buffer.View
+	mtu      int
+
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+var _ tun.Device = (*netstackTUN)(nil)
+
+const nicID = 1
+
+// NewNetstack creates a stack holding addr and the tun.Device through which
+// its packets reach WireGuard.
+func NewNetstack(addr netip.Addr, mtu int) (tun.Device, *Netstack, error) {
+	if !addr.Is6() {
+		return nil, nil, fmt.Errorf("overlay: netstack address %s is not IPv6", addr)
 	}
-	return dev, tnet, nil
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},
+		HandleLocal:        true,
+	})
+	sack := tcpip.TCPSACKEnabled(true)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		s.Close()
+		return nil, nil, fmt.Errorf("overlay: netstack: enable SACK: %v", err)
+	}
+	dev := &netstackTUN{
+		ep:       channel.New(1024, uint32(mtu), ""),
+		stack:    s,
+		events:   make(chan tun.Event, 1),
+		incoming: make(chan *buffer.View, 256),
+		mtu:      mtu,
+		done:     make(chan struct{}),
+	}
+	dev.notify = dev.ep.AddNotify(dev)
+	if err := s.CreateNIC(nicID, dev.ep); err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("overlay: netstack: create NIC: %v", err)
+	}
+	pa := tcpip.ProtocolAddress{Protocol: ipv6.ProtocolNumber, AddressWithPrefix: tcpip.AddrFromSlice(addr.AsSlice()).WithPrefix()}
+	if err := s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("overlay: netstack: add address %s: %v", addr, err)
+	}
+	s.AddRoute(tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
+	dev.events <- tun.EventUp
+	return dev, &Netstack{stack: s, dev: dev}, nil
+}
+
+// WriteNotify is called by gVisor when the stack has a packet to send.
+func (t *netstackTUN) WriteNotify() {
+	pkt := t.ep.Read()
+	if pkt == nil {
+		return
+	}
+	view := pkt.ToView()
+	pkt.DecRef()
+	select {
+	case t.incoming <- view:
+	case <-t.done:
+		view.Release()
+	}
+}
+
+func (t *netstackTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	select {
+	case view := <-t.incoming:
+		n, err := view.Read(bufs[0][offset:])
+		view.Release()
+		if err != nil {
+			return 0, err
+		}
+		sizes[0] = n
+		return 1, nil
+	case <-t.done:
+		return 0, os.ErrClosed
+	}
+}
+
+func (t *netstackTUN) Write(bufs [][]byte, offset int) (int, error) {
+	select {
+	case <-t.done:
+		return 0, os.ErrClosed
+	default:
+	}
+	for _, b := range bufs {
+		pkt := b[offset:]
+		if len(pkt) == 0 {
+			continue
+		}
+		if pkt[0]>>4 != 6 {
+			return 0, syscall.EAFNOSUPPORT
+		}
+		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+		t.ep.InjectInbound(header.IPv6ProtocolNumber, pb)
+		pb.DecRef()
+	}
+	return len(bufs), nil
+}
+
+func (t *netstackTUN) File() *os.File           { return nil }
+func (t *netstackTUN) MTU() (int, error)        { return t.mtu, nil }
+func (t *netstackTUN) Name() (string, error)    { return "netstack", nil }
+func (t *netstackTUN) Events() <-chan tun.Event { return t.events }
+func (t *netstackTUN) BatchSize() int           { return 1 }
+
+// Close stops the stack: its sockets fail, and its goroutines end.
+func (t *netstackTUN) Close() error {
+	t.closeOnce.Do(func() {
+		close(t.done)
+		t.stack.RemoveNIC(nicID)
+		t.stack.Close()
+		t.ep.RemoveNotify(t.notify)
+		t.ep.Close()
+		t.stack.Wait()
+		close(t.events) // only NewNetstack sends on it
+	})
+	return nil
+}
+
+func fullAddr(ap netip.AddrPort) tcpip.FullAddress {
+	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(ap.Addr().AsSlice()), Port: ap.Port()}
+}
+
+// DialTCP connects to addr.
+func (n *Netstack) DialTCP(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	c, err := gonet.DialContextTCP(ctx, n.stack, fullAddr(addr), ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ListenTCP listens on addr.
+func (n *Netstack) ListenTCP(addr netip.AddrPort) (net.Listener, error) {
+	l, err := gonet.ListenTCP(n.stack, fullAddr(addr), ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// DialUDP returns a UDP socket on laddr connected to raddr.
+func (n *Netstack) DialUDP(laddr, raddr netip.AddrPort) (net.Conn, error) {
+	l, r := fullAddr(laddr), fullAddr(raddr)
+	c, err := gonet.DialUDP(n.stack, &l, &r, ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ListenUDP returns an unconnected UDP socket on laddr.
+func (n *Netstack) ListenUDP(laddr netip.AddrPort) (net.PacketConn, error) {
+	l := fullAddr(laddr)
+	c, err := gonet.DialUDP(n.stack, &l, nil, ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }

@@ -1,0 +1,456 @@
+package membership
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// Control frames: magic(1)=0xa6 | version(1)=1 | type(1) | AgentRecord.
+const (
+	ctrlMagic   = 0xa6
+	ctrlVersion = 1
+	ctrlHello   = 1 // "here is my record; send me yours"
+	ctrlAck     = 2 // "here is mine"
+)
+
+type eventKind int
+
+const (
+	evControl    eventKind = iota // a control frame arrived
+	evRecord                      // a record arrived through gossip
+	evAlive                       // memberlist announced a node: ask it if unknown
+	evLeave                       // memberlist declared a node dead or left
+	evJoin                        // memberlist declared a node alive
+	evRevocation                  // a revocation to verify and apply
+)
+
+type event struct {
+	kind  eventKind
+	from  netip.AddrPort
+	data  []byte
+	addr  netip.Addr
+	state string
+	meta  *meta
+	done  chan error
+}
+
+// HandleControl takes a control frame that arrived on the node's UDP
+// socket. It copies the frame, queues it and returns at once; a full queue
+// drops the frame (counted as overload).
+func (m *Membership) HandleControl(from netip.AddrPort, frame []byte) {
+	m.enqueue(event{kind: evControl, from: from, data: append([]byte(nil), frame...)})
+}
+
+// enqueue hands an event to the actor without blocking.
+func (m *Membership) enqueue(ev event) bool {
+	select {
+	case m.events <- ev:
+		return true
+	default:
+		m.refuse(refusal(ReasonOverload, errors.New("event queue full")))
+		return false
+	}
+}
+
+// enqueueWait hands an event to the actor, waiting for room; for events
+// that must not be lost.
+func (m *Membership) enqueueWait(ev event) {
+	select {
+	case m.events <- ev:
+	case <-m.done:
+	}
+}
+
+func (m *Membership) actor() {
+	sweep := time.NewTicker(m.cfg.SweepInterval)
+	defer sweep.Stop()
+	reconnect := time.NewTicker(m.cfg.ReconnectInterval)
+	defer reconnect.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-sweep.C:
+			m.sweepExpired()
+		case <-reconnect.C:
+			m.reconnectDead()
+		case ev := <-m.events:
+			m.handle(ev)
+		}
+	}
+}
+
+func (m *Membership) handle(ev event) {
+	switch ev.kind {
+	case evControl:
+		m.handleControlFrame(ev.from, ev.data)
+	case evRecord:
+		m.learn(ev.data, netip.AddrPort{})
+	case evAlive:
+		m.askUnknown(ev.addr, ev.meta)
+	case evJoin:
+		m.mu.Lock()
+		if p := m.peers[ev.addr]; p != nil && p.admitted {
+			p.state = "alive"
+		}
+		m.mu.Unlock()
+	case evLeave:
+		m.remove(ev.addr, ev.state)
+	case evRevocation:
+		_, err := m.applyRevocation(ev.data)
+		if ev.done != nil {
+			ev.done <- err
+		}
+	}
+}
+
+func (m *Membership) handleControlFrame(from netip.AddrPort, b []byte) {
+	if len(b) < 3 || b[0] != ctrlMagic || b[1] != ctrlVersion || (b[2] != ctrlHello && b[2] != ctrlAck) {
+		m.refuse(refusal(ReasonMalformed, errors.New("control frame header")), "endpoint", from)
+		return
+	}
+	p, err := m.learn(b[3:], from)
+	if err != nil || p == nil {
+		return // refused (counted) or our own record
+	}
+	if b[2] == ctrlHello {
+		m.sendHello(from, ctrlAck)
+	}
+	m.mu.Lock()
+	w := m.waiters[p.rec.wgKey]
+	delete(m.waiters, p.rec.wgKey)
+	m.mu.Unlock()
+	if w != nil {
+		close(w)
+	}
+}
+
+func (m *Membership) sendHello(to netip.AddrPort, typ byte) error {
+	m.mu.Lock()
+	own := m.own
+	m.mu.Unlock()
+	frame := make([]byte, 0, 3+len(own))
+	frame = append(frame, ctrlMagic, ctrlVersion, typ)
+	frame = append(frame, own...)
+	m.hellos.Add(1)
+	if err := m.cfg.Control.SendControl(to, frame); err != nil {
+		return fmt.Errorf("membership: send to %s: %w", to, err)
+	}
+	return nil
+}
+
+// learn verifies a record and, when it came with a UDP source (a control
+// frame), admits its agent with that source as its WireGuard endpoint. It
+// returns nil, nil for this node's own record. Called by the actor only.
+func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
+	dig := digestOf(raw)
+	m.mu.Lock()
+	if r, bad := m.refused[dig]; bad {
+		m.mu.Unlock()
+		err := refusal(r, errors.New("record refused before"))
+		m.refuse(err, "endpoint", from)
+		return nil, err
+	}
+	m.mu.Unlock()
+
+	rec, cred, err := m.verify(raw)
+	if err != nil {
+		m.refuse(err, "endpoint", from)
+		if r := reasonOf(err); r != ReasonOverload && r != ReasonStale {
+			m.rememberRefusal(dig, r)
+		}
+		return nil, err
+	}
+	if rec.wgKey.Equal(m.wgKey) {
+		return nil, nil
+	}
+
+	m.mu.Lock()
+	p := m.peers[rec.addr]
+	switch {
+	case p != nil && !p.rec.wgKey.Equal(rec.wgKey):
+		m.mu.Unlock()
+		err := refusal(ReasonAddrConflict, fmt.Errorf("address %s is held by key %s", rec.addr, p.rec.wgKey))
+		m.refuse(err)
+		return nil, err
+	case p != nil && rec.seq < p.rec.seq:
+		m.mu.Unlock()
+		err := refusal(ReasonStale, fmt.Errorf("sequence %d older than %d", rec.seq, p.rec.seq))
+		m.refuse(err, "addr", rec.addr)
+		return nil, err
+	case p == nil:
+		p = &peer{state: "pending"}
+		m.peers[rec.addr] = p
+	}
+	p.rec, p.cred = rec, cred
+	admit := from.IsValid() && (!p.admitted || p.endpoint != from)
+	if !from.IsValid() && !p.admitted && time.Since(p.helloAt) > helloEvery {
+		// Known now, but not yet spoken to: ask it directly.
+		p.helloAt = time.Now()
+		eps := rec.endpoints
+		m.mu.Unlock()
+		for _, ep := range eps {
+			m.sendHello(ep, ctrlHello)
+		}
+		return p, nil
+	}
+	m.mu.Unlock()
+	if !admit {
+		return p, nil
+	}
+	if err := m.cfg.Peers.SetPeer(rec.wgKey, from); err != nil {
+		m.log.Error("cannot configure WireGuard peer", "peer", rec.wgKey.ShortString(), "err", err)
+		return nil, err
+	}
+	m.mu.Lock()
+	newly := !p.admitted
+	revived := !p.deadSince.IsZero()
+	p.admitted, p.endpoint, p.state, p.deadSince = true, from, "alive", time.Time{}
+	m.mu.Unlock()
+	if revived {
+		select {
+		case m.rejoin <- rec.addr:
+		default:
+		}
+	}
+	if newly {
+		m.admits.Add(1)
+		m.log.Info("admitted", "addr", rec.addr, "peer", rec.wgKey.ShortString(), "spiffe_id", cred.ID, "endpoint", from)
+	}
+	return p, nil
+}
+
+func (m *Membership) rememberRefusal(dig [16]byte, r Reason) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.refused) >= maxRefused {
+		for k := range m.refused { // evict an arbitrary entry
+			delete(m.refused, k)
+			break
+		}
+	}
+	m.refused[dig] = r
+}
+
+// verify checks a record completely: signature, key and address binding,
+// credential chain, expiry and revocation.
+func (m *Membership) verify(raw []byte) (*record, *identity.Credential, error) {
+	rec, err := parseRecord(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	cred, err := m.cfg.Bundle.Verify(rec.credDER, time.Now())
+	if err != nil {
+		return nil, nil, refusal(credentialReason(err), err)
+	}
+	if !cred.AgentKey.Equal(rec.agentKey) {
+		return nil, nil, refusal(ReasonKeyMismatch, fmt.Errorf("credential %s is for another agent key", cred.ID))
+	}
+	if cred.Addr != rec.addr {
+		return nil, nil, refusal(ReasonAddrMismatch, fmt.Errorf("credential address %s, key address %s", cred.Addr, rec.addr))
+	}
+	if m.isRevoked(cred) {
+		return nil, nil, refusal(ReasonRevoked, fmt.Errorf("credential %s (serial %s) is revoked", cred.ID, cred.Serial))
+	}
+	return rec, cred, nil
+}
+
+func credentialReason(err error) Reason {
+	switch {
+	case errors.Is(err, identity.ErrUntrusted):
+		return ReasonUntrusted
+	case errors.Is(err, identity.ErrExpired):
+		return ReasonExpired
+	}
+	return ReasonBadCredential
+}
+
+func (m *Membership) isRevoked(c *identity.Credential) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range m.revList {
+		if r.Matches(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// askUnknown sends a HELLO to a node that memberlist announced but whose
+// record is not admitted.
+func (m *Membership) askUnknown(addr netip.Addr, mt *meta) {
+	m.mu.Lock()
+	p := m.peers[addr]
+	if p != nil && p.admitted && p.rec.digest == mt.digest {
+		m.mu.Unlock()
+		return
+	}
+	if p != nil && time.Since(p.helloAt) < helloEvery {
+		m.mu.Unlock()
+		return
+	}
+	if p != nil {
+		p.helloAt = time.Now()
+	}
+	m.mu.Unlock()
+	for _, ep := range mt.endpoints {
+		m.sendHello(ep, ctrlHello)
+	}
+}
+
+// remove takes a peer out of WireGuard, recording why.
+func (m *Membership) remove(addr netip.Addr, state string) {
+	m.mu.Lock()
+	p := m.peers[addr]
+	if p == nil {
+		m.mu.Unlock()
+		return
+	}
+	was := p.admitted
+	p.admitted, p.state = false, state
+	if state == "dead" {
+		p.deadSince = time.Now()
+	}
+	key := p.rec.wgKey
+	m.mu.Unlock()
+	if !was {
+		return
+	}
+	if err := m.cfg.Peers.RemovePeer(key); err != nil {
+		m.log.Error("cannot remove WireGuard peer", "peer", key.ShortString(), "err", err)
+	}
+	m.removes.Add(1)
+	m.log.Info("peer removed", "addr", addr, "peer", key.ShortString(), "state", state)
+}
+
+// reconnectDead sends a HELLO to each peer declared dead, and forgets
+// those dead longer than DeadForget.
+func (m *Membership) reconnectDead() {
+	now := time.Now()
+	var targets []netip.AddrPort
+	m.mu.Lock()
+	for addr, p := range m.peers {
+		if p.admitted || p.deadSince.IsZero() {
+			continue
+		}
+		if now.Sub(p.deadSince) > m.cfg.DeadForget {
+			delete(m.peers, addr)
+			continue
+		}
+		if p.endpoint.IsValid() {
+			targets = append(targets, p.endpoint)
+		}
+		for _, ep := range p.rec.endpoints {
+			if ep != p.endpoint {
+				targets = append(targets, ep)
+			}
+		}
+	}
+	m.mu.Unlock()
+	for _, ep := range targets {
+		m.sendHello(ep, ctrlHello)
+	}
+}
+
+func (m *Membership) sweepExpired() {
+	now := time.Now()
+	var expired []netip.Addr
+	m.mu.Lock()
+	for addr, p := range m.peers {
+		if p.admitted && p.cred != nil && now.After(p.cred.NotAfter) {
+			expired = append(expired, addr)
+		}
+	}
+	m.mu.Unlock()
+	for _, a := range expired {
+		m.remove(a, "expired")
+	}
+	if now.After(m.cred.NotAfter) {
+		m.log.Error("this node's credential has expired; peers will refuse it", "spiffe_id", m.cred.ID, "expired", m.cred.NotAfter)
+	}
+}
+
+// Revoke verifies a CA-signed revocation (the SignedRecord encoding),
+// applies it — removing every matching peer — and gossips it.
+func (m *Membership) Revoke(raw []byte) error {
+	done := make(chan error, 1)
+	m.enqueueWait(event{kind: evRevocation, data: append([]byte(nil), raw...), done: done})
+	select {
+	case err := <-done:
+		return err
+	case <-m.done:
+		return fmt.Errorf("membership: revoke: %w", net.ErrClosed)
+	}
+}
+
+// applyRevocation verifies and applies a revocation; new ones are
+// gossiped. Called by the actor only.
+func (m *Membership) applyRevocation(raw []byte) (*identity.Revocation, error) {
+	dig := digestOf(raw)
+	m.mu.Lock()
+	_, seen := m.revs[dig]
+	m.mu.Unlock()
+	if seen {
+		return nil, nil
+	}
+	sr, err := identity.ParseSignedRecord(raw)
+	if err == nil {
+		var rev *identity.Revocation
+		if rev, err = m.cfg.Bundle.VerifyRevocation(sr); err == nil {
+			m.apply(rev, dig, raw)
+			return rev, nil
+		}
+	}
+	err = refusal(ReasonBadRevocation, err)
+	m.refuse(err)
+	return nil, err
+}
+
+func (m *Membership) apply(rev *identity.Revocation, dig [16]byte, raw []byte) {
+	m.mu.Lock()
+	m.revs[dig] = raw
+	m.revList = append(m.revList, rev)
+	var hit []netip.Addr
+	for addr, p := range m.peers {
+		if p.cred != nil && rev.Matches(p.cred) {
+			hit = append(hit, addr)
+			m.refused[p.rec.digest] = ReasonRevoked
+		}
+	}
+	m.mu.Unlock()
+	m.log.Info("revocation applied", "trust_domain", rev.TrustDomain, "serial", rev.Serial, "peers_removed", len(hit))
+	for _, a := range hit {
+		m.remove(a, "revoked")
+	}
+	if rev.Matches(m.cred) {
+		m.log.Error("this node's own credential has been revoked; peers will refuse it", "spiffe_id", m.cred.ID)
+	}
+	if m.bcast != nil {
+		m.bcast.QueueBroadcast(&broadcast{key: fmt.Sprintf("rev:%x", dig), msg: append([]byte{msgRevocation}, raw...)})
+	}
+}
+
+// Gossip message types (user messages, inside memberlist).
+const (
+	msgRecord     = 1
+	msgRevocation = 2
+)
+
+type broadcast struct {
+	key string
+	msg []byte
+}
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*broadcast)
+	return ok && ob.key == b.key
+}
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}

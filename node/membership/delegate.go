@@ -1,0 +1,198 @@
+package membership
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// delegate is Membership seen through memberlist's callback interfaces.
+// memberlist calls these with its own locks held: they never block and
+// never call back into memberlist.
+type delegate Membership
+
+var (
+	_ memberlist.Delegate      = (*delegate)(nil)
+	_ memberlist.EventDelegate = (*delegate)(nil)
+	_ memberlist.AliveDelegate = (*delegate)(nil)
+)
+
+func (d *delegate) m() *Membership { return (*Membership)(d) }
+
+// NodeMeta implements memberlist.Delegate: the compact signed meta.
+func (d *delegate) NodeMeta(limit int) []byte {
+	m := d.m()
+	m.mu.Lock()
+	seq, dig := m.seq, m.ownDig
+	m.mu.Unlock()
+	b, err := encodeMeta(m.cfg.Key, seq, dig, m.cfg.Endpoints)
+	if err != nil || len(b) > limit {
+		m.log.Error("node meta does not fit", "size", len(b), "limit", limit, "err", err)
+		return nil
+	}
+	return b
+}
+
+// NotifyMsg implements memberlist.Delegate: records and revocations
+// broadcast by gossip.
+func (d *delegate) NotifyMsg(b []byte) {
+	m := d.m()
+	if len(b) < 1 {
+		return
+	}
+	switch b[0] {
+	case msgRecord:
+		m.enqueue(event{kind: evRecord, data: append([]byte(nil), b[1:]...)})
+	case msgRevocation:
+		m.enqueue(event{kind: evRevocation, data: append([]byte(nil), b[1:]...)})
+	default:
+		m.refuse(refusal(ReasonMalformed, fmt.Errorf("gossip message type %d", b[0])))
+	}
+}
+
+// GetBroadcasts implements memberlist.Delegate.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	m := d.m()
+	if m.bcast == nil {
+		return nil
+	}
+	return m.bcast.GetBroadcasts(overhead, limit)
+}
+
+// LocalState implements memberlist.Delegate: every admitted record, this
+// node's own, and every revocation.
+func (d *delegate) LocalState(join bool) []byte {
+	m := d.m()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	records := [][]byte{m.own}
+	for _, p := range m.peers {
+		if p.admitted {
+			records = append(records, p.rec.raw)
+		}
+	}
+	revs := make([][]byte, 0, len(m.revs))
+	for _, r := range m.revs {
+		revs = append(revs, r)
+	}
+	return encodeState(records, revs)
+}
+
+// MergeRemoteState implements memberlist.Delegate.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	m := d.m()
+	err := decodeState(buf, func(kind byte, v []byte) {
+		switch kind {
+		case stateRecord:
+			m.mu.Lock()
+			known := false
+			if p := m.peers[addrOfRecord(v)]; p != nil && p.admitted && p.rec.digest == digestOf(v) {
+				known = true
+			}
+			m.mu.Unlock()
+			if !known {
+				m.enqueue(event{kind: evRecord, data: v})
+			}
+		case stateRevocation:
+			m.mu.Lock()
+			_, seen := m.revs[digestOf(v)]
+			m.mu.Unlock()
+			if !seen {
+				m.enqueue(event{kind: evRevocation, data: v})
+			}
+		}
+	})
+	if err != nil {
+		m.refuse(refusal(ReasonMalformed, fmt.Errorf("push/pull state: %v", err)))
+	}
+}
+
+// addrOfRecord returns the address of a record's signer without verifying
+// it (a cache lookup key only).
+func addrOfRecord(raw []byte) netip.Addr {
+	if len(raw) < 34 {
+		return netip.Addr{}
+	}
+	pub, err := identity.PublicKeyFromBytes(raw[2:34])
+	if err != nil {
+		return netip.Addr{}
+	}
+	a, _ := pub.Addr()
+	return a
+}
+
+// NotifyAlive implements memberlist.AliveDelegate: refuse a node whose
+// meta does not verify or whose name and address are not its key's
+// address; ask unknown nodes for their record.
+func (d *delegate) NotifyAlive(n *memberlist.Node) error {
+	m := d.m()
+	mt, err := decodeMeta(n.Meta)
+	if err != nil {
+		m.refuse(err, "node", n.Name)
+		return err
+	}
+	addr := mt.wgKey.Addr()
+	nodeAddr, _ := netip.AddrFromSlice(n.Addr)
+	if n.Name != nodeName(addr) || nodeAddr.Unmap() != addr {
+		err := refusal(ReasonAddrMismatch, fmt.Errorf("node %q at %s, but its key's address is %s", n.Name, nodeAddr, addr))
+		m.refuse(err)
+		return err
+	}
+	if addr == m.addr {
+		return nil
+	}
+	m.mu.Lock()
+	r, bad := m.refused[mt.digest]
+	known, current, seq := false, false, uint64(0)
+	if p := m.peers[addr]; p != nil {
+		known, seq = true, p.rec.seq
+		current = p.admitted && p.rec.digest == mt.digest
+	}
+	m.mu.Unlock()
+	if bad {
+		err := refusal(r, errors.New("record refused before"))
+		m.refuse(err, "node", n.Name)
+		return err
+	}
+	if known && seq > mt.seq {
+		err := refusal(ReasonStale, fmt.Errorf("meta sequence %d older than record %d", mt.seq, seq))
+		m.refuse(err, "node", n.Name)
+		return err
+	}
+	if !current {
+		m.enqueue(event{kind: evAlive, addr: addr, meta: mt})
+	}
+	return nil
+}
+
+// NotifyJoin implements memberlist.EventDelegate.
+func (d *delegate) NotifyJoin(n *memberlist.Node) { d.event(evJoin, n, "alive") }
+
+// NotifyUpdate implements memberlist.EventDelegate.
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.event(evJoin, n, "alive") }
+
+// NotifyLeave implements memberlist.EventDelegate: dead or left.
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	state := "dead"
+	if n.State == memberlist.StateLeft {
+		state = "left"
+	}
+	d.event(evLeave, n, state)
+}
+
+func (d *delegate) event(kind eventKind, n *memberlist.Node, state string) {
+	addr, err := netip.ParseAddr(n.Name)
+	if err != nil {
+		return
+	}
+	ev := event{kind: kind, addr: addr, state: state}
+	if kind == evLeave {
+		d.m().enqueueWait(ev) // a removal must not be lost
+		return
+	}
+	d.m().enqueue(ev)
+}

@@ -1,0 +1,536 @@
+// Package membership is Agent6's gossip layer: hashicorp/memberlist running
+// inside the overlay, with admission control. A node is admitted — made a
+// WireGuard peer — only when its signed AgentRecord verifies, its address
+// is derived from its key, its Ed25519 key maps to its WireGuard key, and
+// its X.509 credential chains to the trust bundle, unexpired and unrevoked.
+//
+// Records reach a node three ways:
+//   - HELLO/ACK control frames on the node's UDP socket (outside WireGuard,
+//     since the sender is not yet a peer): a joining node sends its record to
+//     the token's node; a node that learns of another through gossip sends it
+//     a HELLO, and the ACK carries the other's record. Both ends admit each
+//     other in one round trip, before either sends a WireGuard handshake.
+//   - memberlist node meta (≤512 bytes): a compact signed summary (sequence
+//     number, record digest, endpoints) that tells a node when to ask.
+//   - push/pull anti-entropy: every record and revocation a node holds.
+//
+// Refusals are counted by Reason and logged, never fatal.
+package membership
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/agent6/agent6/identity"
+)
+
+// DefaultPort is the gossip port on each node's overlay address.
+const DefaultPort = 7946
+
+// Peers is the WireGuard peer table as membership drives it. Calls may
+// block briefly; they are made from one goroutine.
+type Peers interface {
+	SetPeer(key identity.WGPublicKey, endpoint netip.AddrPort) error
+	RemovePeer(key identity.WGPublicKey) error
+}
+
+// Control sends control frames on the node's UDP socket (outside
+// WireGuard). It must not block and is safe for concurrent use.
+type Control interface {
+	SendControl(to netip.AddrPort, frame []byte) error
+}
+
+// Config configures a Membership. Network, Peers, Control, Key,
+// Credential and Bundle are required.
+type Config struct {
+	Key        identity.PrivateKey
+	Credential []byte           // this agent's X.509 certificate, DER
+	Bundle     *identity.Bundle // trust domains this node accepts
+	// Endpoints are the UDP addresses others may reach this node at
+	// (at most 4 are advertised).
+	Endpoints []netip.AddrPort
+	Port      uint16 // gossip port; 0 means DefaultPort
+	MTU       int    // overlay MTU, to size gossip packets; 0 means 1420
+	Network   Network
+	Peers     Peers
+	Control   Control
+	Logger    *slog.Logger
+	// Tune, if set, adjusts memberlist's configuration (timing for tests
+	// and benchmarks) before it starts.
+	Tune func(*memberlist.Config)
+	// SweepInterval is how often expired credentials are looked for
+	// (default 30 s).
+	SweepInterval time.Duration
+	// ReconnectInterval is how often a peer memberlist declared dead is
+	// sent a HELLO (default 10 s), for DeadForget (default 1 h) after
+	// which it is forgotten. A node wrongly declared dead — under load, or
+	// across a brief partition — answers, is re-admitted, and memberlist
+	// hears its refutation; without this, removing dead peers from
+	// WireGuard would make a false positive permanent.
+	ReconnectInterval time.Duration
+	DeadForget        time.Duration
+}
+
+// Member is one known agent, as `agent6 peers` shows it.
+type Member struct {
+	Addr        netip.Addr           `json:"address"`
+	PublicKey   identity.WGPublicKey `json:"public_key"`
+	ID          string               `json:"spiffe_id"`
+	TrustDomain string               `json:"trust_domain"`
+	Groups      []string             `json:"groups,omitempty"`
+	Roles       []string             `json:"roles,omitempty"`
+	State       string               `json:"state"` // alive, suspect, dead, left, revoked, expired, pending
+	Endpoint    netip.AddrPort       `json:"endpoint"`
+	Expires     time.Time            `json:"expires"`
+}
+
+// Stats are membership's counters.
+type Stats struct {
+	Members  int               `json:"members"` // admitted peers, not counting this node
+	Refused  map[Reason]uint64 `json:"refused"`
+	Hellos   uint64            `json:"hellos_sent"`
+	Admitted uint64            `json:"admissions"`
+	Removed  uint64            `json:"removals"`
+}
+
+// Membership runs gossip for one node. Its methods are safe for concurrent
+// use.
+type Membership struct {
+	cfg   Config
+	log   *slog.Logger
+	addr  netip.Addr
+	wgKey identity.WGPublicKey
+	cred  *identity.Credential
+
+	tr    *transport
+	ml    *memberlist.Memberlist
+	bcast *memberlist.TransmitLimitedQueue
+
+	// events feeds the actor goroutine, which alone changes the peer table
+	// and calls Peers; mu guards the state it shares with readers.
+	events chan event
+	mu     sync.Mutex
+	seq    uint64
+	own    []byte // own signed AgentRecord
+	ownDig [16]byte
+	peers  map[netip.Addr]*peer
+	// refused remembers digests of records refused for a lasting reason, so
+	// the same bytes are not verified again. Bounded by maxRefused.
+	refused map[[16]byte]Reason
+	revs    map[[16]byte][]byte // revocation digest → signed bytes
+	revList []*identity.Revocation
+	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
+	rejoin  chan netip.Addr                        // revived peers to push/pull with
+
+	refusals sync.Map // Reason → *atomic.Uint64
+	hellos   atomic.Uint64
+	admits   atomic.Uint64
+	removes  atomic.Uint64
+
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type peer struct {
+	rec       *record
+	cred      *identity.Credential
+	endpoint  netip.AddrPort
+	admitted  bool
+	state     string
+	helloAt   time.Time
+	deadSince time.Time // when memberlist declared it dead; zero otherwise
+}
+
+const (
+	maxRefused  = 4096
+	helloEvery  = 2 * time.Second // per peer, at most
+	eventsQueue = 4096
+)
+
+// New checks the configuration, including that this node's own credential
+// verifies against the bundle and belongs to its key.
+func New(cfg Config) (*Membership, error) {
+	switch {
+	case cfg.Network == nil || cfg.Peers == nil || cfg.Control == nil:
+		return nil, errors.New("membership: Network, Peers and Control are required")
+	case cfg.Key.IsZero():
+		return nil, errors.New("membership: Key is required")
+	case cfg.Bundle == nil:
+		return nil, errors.New("membership: a trust bundle is required")
+	case len(cfg.Credential) == 0:
+		return nil, errors.New("membership: a credential is required")
+	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1420
+	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = 30 * time.Second
+	}
+	if cfg.ReconnectInterval == 0 {
+		cfg.ReconnectInterval = 10 * time.Second
+	}
+	if cfg.DeadForget == 0 {
+		cfg.DeadForget = time.Hour
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cred, err := cfg.Bundle.Verify(cfg.Credential, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("membership: this node's credential: %w", err)
+	}
+	if !cred.AgentKey.Equal(cfg.Key.Public()) {
+		return nil, fmt.Errorf("membership: this node's credential is for agent key %s, not this node's key %s", cred.AgentKey, cfg.Key.Public())
+	}
+	if len(cfg.Endpoints) > maxEndpoints {
+		cfg.Endpoints = cfg.Endpoints[:maxEndpoints]
+	}
+	wg := cfg.Key.WireGuard().Public()
+	m := &Membership{
+		cfg:     cfg,
+		log:     log,
+		addr:    wg.Addr(),
+		wgKey:   wg,
+		cred:    cred,
+		events:  make(chan event, eventsQueue),
+		peers:   make(map[netip.Addr]*peer),
+		refused: make(map[[16]byte]Reason),
+		revs:    make(map[[16]byte][]byte),
+		waiters: make(map[identity.WGPublicKey]chan struct{}),
+		rejoin:  make(chan netip.Addr, 64),
+		done:    make(chan struct{}),
+	}
+	if err := m.resign(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// resign makes a new own record with a higher sequence number.
+func (m *Membership) resign() error {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq = max(m.seq+1, uint64(now.UnixNano()))
+	raw, err := newRecord(m.cfg.Key, m.seq, m.cfg.Credential, m.cfg.Endpoints, now)
+	if err != nil {
+		return fmt.Errorf("membership: sign record: %w", err)
+	}
+	m.own, m.ownDig = raw, digestOf(raw)
+	return nil
+}
+
+// Start starts gossip on the overlay. The Network must be up.
+func (m *Membership) Start() error {
+	tr, err := newTransport(m.cfg.Network, m.addr, m.cfg.Port)
+	if err != nil {
+		return err
+	}
+	m.tr = tr
+	c := memberlist.DefaultLANConfig()
+	c.Name = nodeName(m.addr)
+	c.BindAddr = m.addr.String()
+	c.BindPort = int(m.cfg.Port)
+	c.AdvertiseAddr = m.addr.String()
+	c.AdvertisePort = int(m.cfg.Port)
+	c.Transport = tr
+	c.Delegate = (*delegate)(m)
+	c.Events = (*delegate)(m)
+	c.Alive = (*delegate)(m)
+	c.UDPBufferSize = m.cfg.MTU - 48 // IPv6 and UDP headers inside the tunnel
+	c.Logger = newMemberlistLogger(m.log)
+	if m.cfg.Tune != nil {
+		m.cfg.Tune(c)
+	}
+	m.wg.Go(m.actor)
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		m.stop()
+		tr.Shutdown()
+		return fmt.Errorf("membership: start memberlist: %w", err)
+	}
+	m.ml = ml
+	m.bcast = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: c.RetransmitMult}
+	m.wg.Go(m.rejoinLoop)
+	m.log.Info("gossip up", "addr", m.addr, "port", m.cfg.Port, "trust_domain", m.cred.TrustDomain, "spiffe_id", m.cred.ID)
+	return nil
+}
+
+// nodeName is a node's memberlist name: its address, written out in full.
+// Not the compressed form: memberlist v0.7.0, when a name equals the bare
+// IP text of its address, reads the node's protocol version outside its
+// lock (rawSendMsgPacket), a data race the race detector reports.
+func nodeName(a netip.Addr) string { return a.StringExpanded() }
+
+// rejoinLoop push/pulls with peers that answered after being declared
+// dead, so that memberlist hears them refute it.
+func (m *Membership) rejoinLoop() {
+	for {
+		select {
+		case <-m.done:
+			return
+		case a := <-m.rejoin:
+			if _, err := m.ml.Join([]string{gossipAddr(a, m.cfg.Port)}); err != nil {
+				m.log.Debug("rejoin failed", "addr", a, "err", err)
+			}
+		}
+	}
+}
+
+// Addr returns this node's overlay address.
+func (m *Membership) Addr() netip.Addr { return m.addr }
+
+// Credential returns this node's verified credential.
+func (m *Membership) Credential() *identity.Credential { return m.cred }
+
+// Join joins the cluster through any of the tokens, retrying with backoff
+// until one works or ctx is done.
+func (m *Membership) Join(ctx context.Context, tokens []Token) error {
+	if len(tokens) == 0 {
+		return nil
+	}
+	backoff := 500 * time.Millisecond
+	var last error
+	for {
+		for _, t := range tokens {
+			if t.Key.Equal(m.wgKey) {
+				continue // our own token: we are a seed
+			}
+			if last = m.joinOne(ctx, t); last == nil {
+				return nil
+			}
+			m.log.Warn("join attempt failed", "peer", t.Key.ShortString(), "endpoint", t.Endpoint, "err", last)
+		}
+		if last == nil { // only our own token: nothing to join
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v (last: %v)", ErrJoin, ctx.Err(), last)
+		case <-m.done:
+			return fmt.Errorf("%w: %w", ErrJoin, net.ErrClosed)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func (m *Membership) joinOne(ctx context.Context, t Token) error {
+	ack := make(chan struct{})
+	m.mu.Lock()
+	m.waiters[t.Key] = ack
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		if m.waiters[t.Key] == ack {
+			delete(m.waiters, t.Key)
+		}
+		m.mu.Unlock()
+	}()
+	// HELLO until the token's node answers and is admitted.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		if err := m.sendHello(t.Endpoint, ctrlHello); err != nil {
+			return err
+		}
+		select {
+		case <-ack:
+		case <-tick.C:
+			if i < 4 {
+				continue
+			}
+			return fmt.Errorf("no answer from %s", t.Endpoint)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.done:
+			return net.ErrClosed
+		}
+		break
+	}
+	_, err := m.ml.Join([]string{gossipAddr(t.Key.Addr(), m.cfg.Port)})
+	return err
+}
+
+// Members returns every agent this node knows of, admitted or not, sorted
+// by address.
+func (m *Membership) Members() []Member {
+	states := make(map[string]string)
+	if m.ml != nil {
+		for _, n := range m.ml.Members() {
+			states[n.Name] = stateName(n.State)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.peers))
+	for addr, p := range m.peers {
+		mb := Member{Addr: addr, PublicKey: p.rec.wgKey, State: p.state, Endpoint: p.endpoint}
+		if p.cred != nil {
+			mb.ID, mb.TrustDomain, mb.Groups, mb.Roles, mb.Expires = p.cred.ID, p.cred.TrustDomain, p.cred.Groups, p.cred.Roles, p.cred.NotAfter
+		}
+		if s, ok := states[nodeName(addr)]; ok && p.admitted {
+			mb.State = s
+		}
+		out = append(out, mb)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
+	return out
+}
+
+// Stats returns membership's counters.
+func (m *Membership) Stats() Stats {
+	s := Stats{Refused: make(map[Reason]uint64), Hellos: m.hellos.Load(), Admitted: m.admits.Load(), Removed: m.removes.Load()}
+	m.refusals.Range(func(k, v any) bool {
+		s.Refused[k.(Reason)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	m.mu.Lock()
+	for _, p := range m.peers {
+		if p.admitted {
+			s.Members++
+		}
+	}
+	m.mu.Unlock()
+	return s
+}
+
+// TrustDomains returns the trust domains this node accepts.
+func (m *Membership) TrustDomains() []string { return m.cfg.Bundle.TrustDomains() }
+
+func (m *Membership) refuse(err error, kv ...any) {
+	r := reasonOf(err)
+	v, _ := m.refusals.LoadOrStore(r, new(atomic.Uint64))
+	n := v.(*atomic.Uint64).Add(1)
+	m.log.Warn("refused", append([]any{"reason", string(r), "err", err, "total", n}, kv...)...)
+}
+
+// Leave announces departure and waits up to timeout for it to spread.
+func (m *Membership) Leave(timeout time.Duration) error {
+	if m.ml == nil {
+		return nil
+	}
+	return m.ml.Leave(timeout)
+}
+
+// Close stops gossip. It is idempotent.
+func (m *Membership) Close() error {
+	m.closeOnce.Do(func() {
+		if m.ml != nil {
+			m.ml.Shutdown()
+		}
+		m.stop()
+		if m.tr != nil {
+			m.tr.Shutdown()
+		}
+	})
+	return nil
+}
+
+func (m *Membership) stop() {
+	select {
+	case <-m.done:
+	default:
+		close(m.done)
+	}
+	m.wg.Wait()
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// memberlist logs through a *log.Logger with "[LEVEL] memberlist: ..."
+// lines; route them to slog at their level.
+type mlWriter struct{ log *slog.Logger }
+
+func newMemberlistLogger(l *slog.Logger) *stdlog.Logger { return stdlog.New(mlWriter{l}, "", 0) }
+
+func (w mlWriter) Write(p []byte) (int, error) {
+	msg := string(bytes.TrimSpace(p))
+	level := slog.LevelDebug
+	switch {
+	case bytes.Contains(p, []byte("[ERR]")):
+		level = slog.LevelError
+	case bytes.Contains(p, []byte("[WARN]")):
+		level = slog.LevelWarn
+	case bytes.Contains(p, []byte("[INFO]")):
+		level = slog.LevelInfo
+	}
+	w.log.Log(context.Background(), level, msg)
+	return len(p), nil
+}
+
+// encodeState frames records and revocations for push/pull:
+// version(1) then kind(1) | uvarint length | bytes, repeated.
+func encodeState(records, revocations [][]byte) []byte {
+	var b bytes.Buffer
+	b.WriteByte(1)
+	put := func(kind byte, v []byte) {
+		b.WriteByte(kind)
+		b.Write(binary.AppendUvarint(nil, uint64(len(v))))
+		b.Write(v)
+	}
+	for _, r := range records {
+		put(stateRecord, r)
+	}
+	for _, r := range revocations {
+		put(stateRevocation, r)
+	}
+	return b.Bytes()
+}
+
+const (
+	stateRecord     = 1
+	stateRevocation = 2
+)
+
+func decodeState(buf []byte, fn func(kind byte, v []byte)) error {
+	if len(buf) == 0 {
+		return nil
+	}
+	if buf[0] != 1 {
+		return fmt.Errorf("state version %d", buf[0])
+	}
+	r := bytes.NewReader(buf[1:])
+	for r.Len() > 0 {
+		kind, _ := r.ReadByte()
+		n, err := binary.ReadUvarint(r)
+		if err != nil || n > uint64(r.Len()) {
+			return errors.New("truncated state")
+		}
+		v := make([]byte, n)
+		io.ReadFull(r, v)
+		fn(kind, v)
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package membership
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/agent6/agent6/identity"
+)
+
+func TestToken(t *testing.T) {
+	key := "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+	for _, s := range []string{
+		"agent6://" + key + "@192.0.2.1:51820",
+		"agent6://" + key + "@[2001:db8::1]:51820",
+		"agent6://" + key + "@192.0.2.1:51820?v=1",
+	} {
+		tok, err := ParseToken(s)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+		if tok.Key.String() != key || !strings.HasPrefix(s, tok.String()) {
+			t.Fatalf("%s: round trip %s", s, tok)
+		}
+	}
+	for _, s := range []string{
+		"", "http://" + key + "@1.2.3.4:5", "agent6://" + key, "agent6://nokey@1.2.3.4:5",
+		"agent6://" + key + "@host:5", "agent6://" + key + "@1.2.3.4:0", "agent6://" + key + "@0.0.0.0:5",
+		"agent6://" + key + "@1.2.3.4:5?v=2",
+	} {
+		if _, err := ParseToken(s); !errors.Is(err, ErrBadToken) {
+			t.Errorf("ParseToken(%q) = %v, want ErrBadToken", s, err)
+		}
+	}
+}
+
+func FuzzParseToken(f *testing.F) {
+	f.Add("agent6://HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=@192.0.2.1:51820")
+	f.Add("agent6://@")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := ParseToken(s)
+		if err != nil {
+			return
+		}
+		if again, err := ParseToken(tok.String()); err != nil || again != tok {
+			t.Fatalf("%q: re-parse of %q: %v", s, tok, err)
+		}
+	})
+}
+
+func FuzzDecodeMeta(f *testing.F) {
+	k, _ := identity.PrivateKeyFromSeed(make([]byte, 32))
+	b, _ := encodeMeta(k, 7, [16]byte{1}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1")})
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeMeta(b)
+		if err == nil && m.wgKey.Addr() != m.wgKey.Addr() {
+			t.Fatal("unreachable")
+		}
+	})
+}
+
+func FuzzParseRecord(f *testing.F) {
+	k, _ := identity.PrivateKeyFromSeed(make([]byte, 32))
+	b, _ := newRecord(k, 1, []byte{0x30, 0}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1")}, time.Unix(0, 0))
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := parseRecord(b)
+		if err == nil && r.addr != r.wgKey.Addr() {
+			t.Fatal("record address not derived from its key")
+		}
+	})
+}
+
+func FuzzDecodeState(f *testing.F) {
+	f.Add(encodeState([][]byte{{1, 2}}, [][]byte{{3}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		decodeState(b, func(byte, []byte) {})
+	})
+}
+
+func TestMetaFits(t *testing.T) {
+	k, _ := identity.GeneratePrivateKey()
+	eps := make([]netip.AddrPort, maxEndpoints+2)
+	for i := range eps {
+		eps[i] = netip.MustParseAddrPort("[2001:db8::1]:51820")
+	}
+	b, err := encodeMeta(k, 1<<63, [16]byte{}, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		t.Fatalf("meta is %d bytes, memberlist allows %d", len(b), memberlist.MetaMaxSize)
+	}
+	m, err := decodeMeta(b)
+	if err != nil || m.seq != 1<<63 || len(m.endpoints) != maxEndpoints || !m.agentKey.Equal(k.Public()) {
+		t.Fatalf("decode: %+v %v", m, err)
+	}
+}
+
+// A memberlist node whose name or address is not its key's address is
+// refused by the alive delegate, and counted.
+func TestNotifyAliveAddressMismatch(t *testing.T) {
+	m := &Membership{peers: map[netip.Addr]*peer{}, refused: map[[16]byte]Reason{}, events: make(chan event, 8)}
+	m.log = slog.New(slog.DiscardHandler)
+	k, _ := identity.GeneratePrivateKey()
+	metaBytes, _ := encodeMeta(k, 1, [16]byte{}, nil)
+	own, _ := k.Public().Addr()
+	for _, n := range []*memberlist.Node{
+		{Name: "2001:21::1", Addr: net.IP(own.AsSlice()), Meta: metaBytes},
+		{Name: nodeName(own), Addr: net.ParseIP("2001:21::1"), Meta: metaBytes},
+		{Name: nodeName(own), Addr: net.IP(own.AsSlice()), Meta: metaBytes[:len(metaBytes)-1]},
+	} {
+		if err := (*delegate)(m).NotifyAlive(n); err == nil {
+			t.Errorf("NotifyAlive(%s at %s) accepted", n.Name, n.Addr)
+		}
+	}
+	st := m.Stats()
+	if st.Refused[ReasonAddrMismatch] != 2 || st.Refused[ReasonBadSignature]+st.Refused[ReasonMalformed] != 1 {
+		t.Fatalf("refusals = %v", st.Refused)
+	}
+	// The genuine one is accepted (and its record asked for).
+	if err := (*delegate)(m).NotifyAlive(&memberlist.Node{Name: nodeName(own), Addr: net.IP(own.AsSlice()), Meta: metaBytes}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := <-m.events; ev.kind != evAlive || ev.addr != own {
+		t.Fatalf("event %+v", ev)
+	}
+}

@@ -395,7 +395,7 @@ func TestRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nodes[1].Revoke(rev.Marshal()); err != nil {
+	if _, err := nodes[1].Revoke(rev.Marshal()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "revocation everywhere", func() bool {
@@ -420,7 +420,7 @@ func TestRevocation(t *testing.T) {
 	// A forged revocation (signed by an agent, not the CA) is refused.
 	k, _ := identity.GeneratePrivateKey()
 	fake, _ := identity.SignRecord(k, identity.RecordRevocation, []byte(`{"v":1}`))
-	if err := seed.Revoke(fake.Marshal()); err == nil {
+	if _, err := seed.Revoke(fake.Marshal()); err == nil {
 		t.Fatal("forged revocation accepted")
 	}
 	if refused(seed, membership.ReasonBadRevocation) == 0 {

@@ -168,10 +168,10 @@ func (n *Node) Membership() *membership.Membership {
 
 // Revoke applies a CA-signed revocation (its SignedRecord encoding):
 // matching peers are removed here, and gossip spreads it to every node.
-func (n *Node) Revoke(raw []byte) error {
+func (n *Node) Revoke(raw []byte) (*identity.Revocation, error) {
 	m := n.Membership()
 	if m == nil {
-		return errors.New("node: revoke: this node runs without membership")
+		return nil, errors.New("node: revoke: this node runs without membership")
 	}
 	return m.Revoke(raw)
 }

@@ -19,6 +19,18 @@ type Status struct {
 	TUN        string               `json:"tun,omitempty"`
 	Peers      []PeerStatus         `json:"peers"`
 	Filter     FilterStatus         `json:"filter"`
+	// Membership, when the node runs it.
+	Membership *MembershipStatus `json:"membership,omitempty"`
+}
+
+// MembershipStatus summarises the node's membership.
+type MembershipStatus struct {
+	SPIFFEID     string            `json:"spiffe_id"`
+	TrustDomain  string            `json:"trust_domain"`
+	TrustDomains []string          `json:"trust_domains"` // accepted
+	Members      int               `json:"members"`       // admitted peers
+	Joined       bool              `json:"joined"`
+	Refused      map[string]uint64 `json:"refused"` // by reason
 }
 
 // PeerStatus is one peer as the WireGuard device sees it.
@@ -75,5 +87,23 @@ func (n *Node) Status() (Status, error) {
 	}
 	fs := dev.Filter().Stats()
 	st.Filter = FilterStatus(fs)
+	if m := n.Membership(); m != nil {
+		ms := m.Stats()
+		st.Membership = &MembershipStatus{
+			SPIFFEID:     m.Credential().ID,
+			TrustDomain:  m.Credential().TrustDomain,
+			TrustDomains: m.TrustDomains(),
+			Members:      ms.Members,
+			Refused:      make(map[string]uint64, len(ms.Refused)),
+		}
+		for r, c := range ms.Refused {
+			st.Membership.Refused[string(r)] = c
+		}
+		select {
+		case <-n.Joined():
+			st.Membership.Joined = true
+		default:
+		}
+	}
 	return st, nil
 }

@@ -23,6 +23,9 @@ var commands = map[string]command{
 	"addr":   {"print the Agent6 address of an agent key or WireGuard key", runAddr},
 	"up":     {"run the sidecar (kernel TUN + LocalAPI) until SIGINT/SIGTERM", runUp},
 	"status": {"show this node and its peers (from the LocalAPI)", runStatus},
+	"peers":  {"list the agents known through membership", runPeers},
+	"invite": {"print a join token for this node", runInvite},
+	"revoke": {"hand a revocation to the node, which applies and gossips it", runRevoke},
 	"ca":     {"organisation CA: init, issue, revoke", runCA},
 }
 

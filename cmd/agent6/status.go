@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +34,12 @@ func runStatus(args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "address     %s\npublic key  %s\nlisten port %d\nmode        %s", st.Addr, st.PublicKey, st.ListenPort, st.Mode)
 	if st.TUN != "" {
 		fmt.Fprintf(stdout, " (%s)", st.TUN)
+	}
+	if m := st.Membership; m != nil {
+		fmt.Fprintf(stdout, "\nidentity    %s\nmembers     %d admitted, joined=%v, trusting %s", m.SPIFFEID, m.Members, m.Joined, strings.Join(m.TrustDomains, ", "))
+		if len(m.Refused) > 0 {
+			fmt.Fprintf(stdout, ", refused %v", m.Refused)
+		}
 	}
 	f := st.Filter
 	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v\n\n", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)

@@ -12,7 +12,15 @@
 //	  - public_key: "base64 WireGuard public key"
 //	    endpoint: "192.0.2.1:51820"
 //	    persistent_keepalive: 25      # seconds, optional
+//	credential: /etc/agent6/agent.crt # X.509 from `agent6 ca issue`
+//	trust_bundle: /etc/agent6/bundle.pem # CA certificates of trusted domains
+//	join:                             # tokens from `agent6 invite`
+//	  - agent6://<key>@192.0.2.1:51820
+//	endpoints: ["192.0.2.7:51820"]    # advertised UDP endpoints (default: interface addresses)
+//	gossip_port: 7946
 //
+// With credential and trust_bundle the node runs membership: it gossips
+// inside the overlay and admits every agent whose credential verifies.
 // A peer's address is always derived from its key, never configured.
 package config
 
@@ -32,6 +40,7 @@ import (
 
 	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node"
+	"github.com/agent6/agent6/node/membership"
 )
 
 // Defaults for keys the file leaves out.
@@ -53,6 +62,14 @@ type Config struct {
 	LocalAPI   string
 	LogLevel   slog.Level
 	Peers      []node.Peer
+
+	CredentialFile  string
+	Credential      []byte // DER
+	TrustBundleFile string
+	Bundle          *identity.Bundle
+	Join            []string // validated tokens
+	Endpoints       []netip.AddrPort
+	GossipPort      uint16
 }
 
 // Error is a configuration error: the file, the field (a path such as
@@ -81,6 +98,12 @@ type file struct {
 	LocalAPI   *string `yaml:"localapi"`
 	LogLevel   *string `yaml:"log_level"`
 	Peers      []peer  `yaml:"peers"`
+
+	Credential  *string  `yaml:"credential"`
+	TrustBundle *string  `yaml:"trust_bundle"`
+	Join        []string `yaml:"join"`
+	Endpoints   []string `yaml:"endpoints"`
+	GossipPort  *int     `yaml:"gossip_port"`
 }
 
 type peer struct {
@@ -90,7 +113,7 @@ type peer struct {
 }
 
 var (
-	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers"}
+	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port"}
 	peerKeys = []string{"public_key", "endpoint", "persistent_keepalive"}
 )
 
@@ -204,16 +227,79 @@ func Parse(path string, data []byte) (*Config, error) {
 		np.PersistentKeepalive = time.Duration(p.PersistentKeepalive) * time.Second
 		c.Peers = append(c.Peers, np)
 	}
+	for i, ep := range raw.Endpoints {
+		ap, err := netip.ParseAddrPort(ep)
+		if err != nil || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+			return nil, fail(fmt.Sprintf("endpoints[%d]", i), "%q is not a usable IP:port", ep)
+		}
+		c.Endpoints = append(c.Endpoints, ap)
+	}
+	if raw.GossipPort != nil {
+		if *raw.GossipPort < 1 || *raw.GossipPort > 65535 {
+			return nil, fail("gossip_port", "%d is not a port (1-65535)", *raw.GossipPort)
+		}
+		c.GossipPort = uint16(*raw.GossipPort)
+	}
+	for i, tok := range raw.Join {
+		if _, err := membership.ParseToken(tok); err != nil {
+			return nil, fail(fmt.Sprintf("join[%d]", i), "%v", err)
+		}
+		c.Join = append(c.Join, tok)
+	}
 	key, err := identity.LoadPrivateKey(c.KeyFile)
 	if err != nil {
 		return nil, fail("key", "%v", err)
 	}
 	c.Key = key
+	if err := c.loadCredential(path, raw.Credential, raw.TrustBundle, fail); err != nil {
+		return nil, err
+	}
 	self := key.WireGuard().Public()
 	if i, ok := seen[self]; ok {
 		return nil, fail(fmt.Sprintf("peers[%d].public_key", i), "is this node's own key")
 	}
 	return c, nil
+}
+
+// loadCredential reads the credential and trust bundle and checks that the
+// credential verifies and belongs to the key, so that a mistake shows at
+// start, naming the field.
+func (c *Config) loadCredential(path string, cred, bundle *string, fail func(string, string, ...any) error) error {
+	rel := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(filepath.Dir(path), p)
+	}
+	switch {
+	case cred == nil && bundle == nil:
+		if len(c.Join) > 0 {
+			return fail("join", "needs credential and trust_bundle")
+		}
+		return nil
+	case cred == nil:
+		return fail("credential", "missing (trust_bundle is set; membership needs both)")
+	case bundle == nil:
+		return fail("trust_bundle", "missing (credential is set; membership needs both)")
+	}
+	c.CredentialFile, c.TrustBundleFile = rel(*cred), rel(*bundle)
+	der, err := identity.LoadCertificate(c.CredentialFile)
+	if err != nil {
+		return fail("credential", "%v", err)
+	}
+	b, err := identity.LoadBundle(c.TrustBundleFile)
+	if err != nil {
+		return fail("trust_bundle", "%v", err)
+	}
+	vc, err := b.Verify(der, time.Now())
+	if err != nil {
+		return fail("credential", "%s does not verify against trust_bundle %s: %v", c.CredentialFile, c.TrustBundleFile, err)
+	}
+	if !vc.AgentKey.Equal(c.Key.Public()) {
+		return fail("credential", "%s certifies another agent key, not the one in %s", c.CredentialFile, c.KeyFile)
+	}
+	c.Credential, c.Bundle = der, b
+	return nil
 }
 
 // checkKeys refuses keys the format does not define, naming them and
@@ -276,5 +362,10 @@ func (c *Config) Node(logger *slog.Logger) *node.Node {
 		MTU:        c.MTU,
 		Peers:      c.Peers,
 		Logger:     logger,
+		Credential: c.Credential,
+		Bundle:     c.Bundle,
+		Join:       c.Join,
+		Endpoints:  c.Endpoints,
+		GossipPort: c.GossipPort,
 	}
 }

@@ -130,3 +130,57 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestCredential(t *testing.T) {
+	dir, k := setup(t)
+	ca, err := identity.NewCA("example.org", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteFiles(filepath.Join(dir, "ca"), false); err != nil {
+		t.Fatal(err)
+	}
+	der, _ := ca.Issue(identity.IssueRequest{Key: k.Public(), Name: "a"}, time.Now())
+	identity.WritePrivateKey(filepath.Join(dir, "other.key"), mustKey(t), false)
+	if err := identity.WriteCertificate(filepath.Join(dir, "agent.crt"), der, false); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := identity.NewCA("other.org", time.Hour, time.Now())
+	os.WriteFile(filepath.Join(dir, "other.pem"), other.CertificatePEM(), 0o644)
+	tok := "agent6://" + peerKey + "@192.0.2.1:51820"
+
+	c, err := Load(write(t, dir, "key: agent.key\ncredential: agent.crt\ntrust_bundle: ca/ca.crt\njoin: ["+tok+"]\nendpoints: [\"192.0.2.7:51820\"]\ngossip_port: 7000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Node(nil)
+	if n.Bundle == nil || len(n.Credential) == 0 || len(n.Join) != 1 || n.GossipPort != 7000 || n.Endpoints[0].String() != "192.0.2.7:51820" {
+		t.Fatalf("node = %+v", n)
+	}
+	for _, tc := range []struct{ body, field, msg string }{
+		{"key: agent.key\ncredential: agent.crt\n", "trust_bundle", "missing"},
+		{"key: agent.key\ntrust_bundle: ca/ca.crt\n", "credential", "missing"},
+		{"key: agent.key\njoin: [" + tok + "]\n", "join", "needs credential"},
+		{"key: agent.key\ncredential: agent.crt\ntrust_bundle: other.pem\n", "credential", "does not verify"},
+		{"key: other.key\ncredential: agent.crt\ntrust_bundle: ca/ca.crt\n", "credential", "another agent key"},
+		{"key: agent.key\ncredential: nope.crt\ntrust_bundle: ca/ca.crt\n", "credential", "no such file"},
+		{"key: agent.key\ncredential: agent.crt\ntrust_bundle: agent.key\n", "trust_bundle", ""},
+		{"key: agent.key\ncredential: agent.crt\ntrust_bundle: ca/ca.crt\njoin: [\"agent6://x@1.2.3.4:5\"]\n", "join[0]", "bad join token"},
+		{"key: agent.key\nendpoints: [\"0.0.0.0:1\"]\n", "endpoints[0]", "not a usable"},
+		{"key: agent.key\ngossip_port: 0\n", "gossip_port", "not a port"},
+	} {
+		_, err := Load(write(t, dir, tc.body))
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Field != tc.field || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%q: err = %v, want field %q containing %q", tc.body, err, tc.field, tc.msg)
+		}
+	}
+}
+
+func mustKey(t *testing.T) identity.PrivateKey {
+	k, err := identity.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

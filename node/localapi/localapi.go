@@ -1,17 +1,22 @@
 // Package localapi is the node's local control surface: HTTP/JSON on a
 // unix socket, for the agent6 CLI and for agent runtimes in any language.
 //
-//	GET /v1/status   node.Status: own address and keys, peers, filter counters
+//	GET  /v1/status       node.Status: own address and keys, peers, filter and membership counters
+//	GET  /v1/peers        []node.Member: every agent known through membership
+//	GET  /v1/invite       {"token": "agent6://KEY@host:port"}
+//	POST /v1/revocations  body: a revocation (PEM from `agent6 ca revoke`); applied and gossiped
 //
 // Errors are JSON objects {"error": message, "code": stable-code} with a
 // 4xx or 5xx status.
 package localapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -21,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node"
 )
 
@@ -28,8 +34,14 @@ import (
 const (
 	CodeNotFound         = "not_found"
 	CodeMethodNotAllowed = "method_not_allowed"
+	CodeBadRequest       = "bad_request"
+	CodeRefused          = "refused"
+	CodeNoMembership     = "no_membership"
 	CodeInternal         = "internal"
 )
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
 
 // ErrorBody is the JSON body of every error response.
 type ErrorBody struct {
@@ -49,6 +61,9 @@ type Server struct {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/status", s.only(http.MethodGet, s.status))
+	mux.HandleFunc("/v1/peers", s.only(http.MethodGet, s.peers))
+	mux.HandleFunc("/v1/invite", s.only(http.MethodGet, s.invite))
+	mux.HandleFunc("/v1/revocations", s.only(http.MethodPost, s.revoke))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := s.badRequests.Add(1)
 		if s.Logger != nil {
@@ -82,6 +97,65 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
+	if s.Node.Membership() == nil {
+		writeError(w, http.StatusConflict, CodeNoMembership, "this node runs without membership (no credential and trust_bundle)")
+		return
+	}
+	members := s.Node.Members()
+	if members == nil {
+		members = []node.Member{}
+	}
+	writeJSON(w, http.StatusOK, members)
+}
+
+// InviteResponse is the body of GET /v1/invite.
+type InviteResponse struct {
+	Token string `json:"token"`
+}
+
+func (s *Server) invite(w http.ResponseWriter, r *http.Request) {
+	tok, err := s.Node.Invite()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, CodeInternal, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, InviteResponse{Token: tok})
+}
+
+// RevokeResponse is the body of a successful POST /v1/revocations.
+type RevokeResponse struct {
+	TrustDomain string `json:"trust_domain"`
+	ID          string `json:"spiffe_id"`
+	Serial      string `json:"serial"`
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil || len(body) > maxBody {
+		s.badRequests.Add(1)
+		writeError(w, http.StatusBadRequest, CodeBadRequest, "body unreadable or larger than 64 KiB")
+		return
+	}
+	rec, err := identity.ParseRevocationPEM(body)
+	if err != nil {
+		s.badRequests.Add(1)
+		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
+		return
+	}
+	if s.Node.Membership() == nil {
+		writeError(w, http.StatusConflict, CodeNoMembership, "this node runs without membership (no credential and trust_bundle)")
+		return
+	}
+	rev, err := s.Node.Revoke(rec.Marshal())
+	if err != nil {
+		s.badRequests.Add(1)
+		writeError(w, http.StatusUnprocessableEntity, CodeRefused, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, RevokeResponse{TrustDomain: rev.TrustDomain, ID: rev.ID, Serial: rev.Serial})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -169,12 +243,37 @@ func (c *Client) http() *http.Client {
 // Status returns the node's status.
 func (c *Client) Status(ctx context.Context) (node.Status, error) {
 	var st node.Status
-	err := c.get(ctx, "/v1/status", &st)
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
 
-func (c *Client) get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent6"+path, nil)
+// Peers returns the agents the node knows through membership.
+func (c *Client) Peers(ctx context.Context) ([]node.Member, error) {
+	var out []node.Member
+	err := c.do(ctx, http.MethodGet, "/v1/peers", nil, &out)
+	return out, err
+}
+
+// Invite returns a join token for the node.
+func (c *Client) Invite(ctx context.Context) (string, error) {
+	var out InviteResponse
+	err := c.do(ctx, http.MethodGet, "/v1/invite", nil, &out)
+	return out.Token, err
+}
+
+// Revoke hands the node a revocation (PEM) to apply and gossip.
+func (c *Client) Revoke(ctx context.Context, pemBytes []byte) (RevokeResponse, error) {
+	var out RevokeResponse
+	err := c.do(ctx, http.MethodPost, "/v1/revocations", pemBytes, &out)
+	return out, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent6"+path, rd)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ type event struct {
 	addr  netip.Addr
 	state string
 	meta  *meta
-	done  chan error
+	done  chan revResult
 }
 
 // HandleControl takes a control frame that arrived on the node's UDP
@@ -104,9 +104,9 @@ func (m *Membership) handle(ev event) {
 	case evLeave:
 		m.remove(ev.addr, ev.state)
 	case evRevocation:
-		_, err := m.applyRevocation(ev.data)
+		rev, err := m.applyRevocation(ev.data)
 		if ev.done != nil {
-			ev.done <- err
+			ev.done <- revResult{rev, err}
 		}
 	}
 }
@@ -275,8 +275,8 @@ func credentialReason(err error) Reason {
 func (m *Membership) isRevoked(c *identity.Credential) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, r := range m.revList {
-		if r.Matches(c) {
+	for _, r := range m.revs {
+		if r.rev.Matches(c) {
 			return true
 		}
 	}
@@ -378,16 +378,22 @@ func (m *Membership) sweepExpired() {
 }
 
 // Revoke verifies a CA-signed revocation (the SignedRecord encoding),
-// applies it — removing every matching peer — and gossips it.
-func (m *Membership) Revoke(raw []byte) error {
-	done := make(chan error, 1)
+// applies it — removing every matching peer — and gossips it. Revoking
+// twice is not an error.
+func (m *Membership) Revoke(raw []byte) (*identity.Revocation, error) {
+	done := make(chan revResult, 1)
 	m.enqueueWait(event{kind: evRevocation, data: append([]byte(nil), raw...), done: done})
 	select {
-	case err := <-done:
-		return err
+	case r := <-done:
+		return r.rev, r.err
 	case <-m.done:
-		return fmt.Errorf("membership: revoke: %w", net.ErrClosed)
+		return nil, fmt.Errorf("membership: revoke: %w", net.ErrClosed)
 	}
+}
+
+type revResult struct {
+	rev *identity.Revocation
+	err error
 }
 
 // applyRevocation verifies and applies a revocation; new ones are
@@ -395,10 +401,10 @@ func (m *Membership) Revoke(raw []byte) error {
 func (m *Membership) applyRevocation(raw []byte) (*identity.Revocation, error) {
 	dig := digestOf(raw)
 	m.mu.Lock()
-	_, seen := m.revs[dig]
+	known := m.revs[dig]
 	m.mu.Unlock()
-	if seen {
-		return nil, nil
+	if known != nil {
+		return known.rev, nil
 	}
 	sr, err := identity.ParseSignedRecord(raw)
 	if err == nil {
@@ -415,8 +421,7 @@ func (m *Membership) applyRevocation(raw []byte) (*identity.Revocation, error) {
 
 func (m *Membership) apply(rev *identity.Revocation, dig [16]byte, raw []byte) {
 	m.mu.Lock()
-	m.revs[dig] = raw
-	m.revList = append(m.revList, rev)
+	m.revs[dig] = &revEntry{raw: raw, rev: rev}
 	var hit []netip.Addr
 	for addr, p := range m.peers {
 		if p.cred != nil && rev.Matches(p.cred) {

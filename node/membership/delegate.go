@@ -77,7 +77,7 @@ func (d *delegate) LocalState(join bool) []byte {
 	}
 	revs := make([][]byte, 0, len(m.revs))
 	for _, r := range m.revs {
-		revs = append(revs, r)
+		revs = append(revs, r.raw)
 	}
 	return encodeState(records, revs)
 }

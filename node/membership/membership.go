@@ -131,8 +131,7 @@ type Membership struct {
 	// refused remembers digests of records refused for a lasting reason, so
 	// the same bytes are not verified again. Bounded by maxRefused.
 	refused map[[16]byte]Reason
-	revs    map[[16]byte][]byte // revocation digest → signed bytes
-	revList []*identity.Revocation
+	revs    map[[16]byte]*revEntry // by digest of the signed bytes
 	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
 	rejoin  chan netip.Addr                        // revived peers to push/pull with
 
@@ -144,6 +143,11 @@ type Membership struct {
 	done      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+}
+
+type revEntry struct {
+	raw []byte
+	rev *identity.Revocation
 }
 
 type peer struct {
@@ -214,7 +218,7 @@ func New(cfg Config) (*Membership, error) {
 		events:  make(chan event, eventsQueue),
 		peers:   make(map[netip.Addr]*peer),
 		refused: make(map[[16]byte]Reason),
-		revs:    make(map[[16]byte][]byte),
+		revs:    make(map[[16]byte]*revEntry),
 		waiters: make(map[identity.WGPublicKey]chan struct{}),
 		rejoin:  make(chan netip.Addr, 64),
 		done:    make(chan struct{}),
@@ -413,6 +417,9 @@ func (m *Membership) Stats() Stats {
 	m.mu.Unlock()
 	return s
 }
+
+// Bundle returns the trust bundle this node verifies credentials with.
+func (m *Membership) Bundle() *identity.Bundle { return m.cfg.Bundle }
 
 // TrustDomains returns the trust domains this node accepts.
 func (m *Membership) TrustDomains() []string { return m.cfg.Bundle.TrustDomains() }

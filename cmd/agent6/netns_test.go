@@ -86,9 +86,11 @@ func newSidecar(t *testing.T, bin string, ns *netns.NS) *sidecar {
 	return s
 }
 
-func (s *sidecar) start(t *testing.T, peers ...*sidecar) {
+// start runs `agent6 up` with a config holding extra (YAML lines) and the
+// given static peers.
+func (s *sidecar) start(t *testing.T, extra string, peers ...*sidecar) {
 	t.Helper()
-	cfg := fmt.Sprintf("key: agent.key\nlisten_port: 51820\ntun: agent6\nmtu: 1420\nlocalapi: %s\nlog_level: debug\npeers:\n", s.socket)
+	cfg := fmt.Sprintf("key: agent.key\nlisten_port: 51820\ntun: agent6\nmtu: 1420\nlocalapi: %s\nlog_level: debug\n%speers:\n", s.socket, extra)
 	for _, p := range peers {
 		cfg += fmt.Sprintf("  - public_key: %q\n    endpoint: %q\n", p.pubkey, netip.AddrPortFrom(p.ns.Addr, 51820))
 	}
@@ -97,6 +99,7 @@ func (s *sidecar) start(t *testing.T, peers ...*sidecar) {
 		t.Fatal(err)
 	}
 	s.cmd = s.ns.Command(context.Background(), s.bin, "up", "--config", path)
+	s.log.Reset()
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -161,8 +164,8 @@ func TestSidecarNetns(t *testing.T) {
 	}
 	defer pair.Close()
 	a, b := newSidecar(t, bin, pair.A), newSidecar(t, bin, pair.B)
-	a.start(t, b)
-	b.start(t, a)
+	a.start(t, "", b)
+	b.start(t, "", a)
 
 	for _, p := range [][2]*sidecar{{a, b}, {b, a}} {
 		if out, err := p[0].ns.Run(ctx, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "5", p[1].addr.String()); err != nil {

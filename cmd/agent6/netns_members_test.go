@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agent6/agent6/internal/netns"
+	"github.com/agent6/agent6/node"
+)
+
+func (s *sidecar) peers(t *testing.T) map[string]node.Member {
+	out, err := exec.Command(s.bin, "peers", "--json", "--socket", s.socket).Output()
+	if err != nil {
+		return nil
+	}
+	var ms []node.Member
+	if err := json.Unmarshal(out, &ms); err != nil {
+		t.Fatalf("peers --json: %v\n%s", err, out)
+	}
+	m := map[string]node.Member{}
+	for _, x := range ms {
+		m[x.Addr.String()] = x
+	}
+	return m
+}
+
+func (s *sidecar) wgPeers(t *testing.T) map[string]bool {
+	st, err := s.status(t)
+	if err != nil {
+		return nil
+	}
+	m := map[string]bool{}
+	for _, p := range st.Peers {
+		m[p.Addr.String()] = true
+	}
+	return m
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// TestMembershipNetns: four sidecars in four namespaces on one LAN, one
+// seed token; every pair pings; kill -9 of one is seen as dead and its
+// WireGuard peer removed everywhere; restarted with the same key it
+// rejoins.
+func TestMembershipNetns(t *testing.T) {
+	requireNetns(t, "ping")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin := buildAgent6(t)
+	lan, err := netns.NewLAN(ctx, "a6m", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lan.Close()
+
+	caDir := filepath.Join(t.TempDir(), "ca")
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("agent6 %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	run("ca", "init", "--trust-domain", "example.org", "--out", caDir)
+	cars := make([]*sidecar, 4)
+	for i, ns := range lan.Nodes {
+		cars[i] = newSidecar(t, bin, ns)
+		run("ca", "issue", "--ca", caDir, "--key", cars[i].key, "--name", fmt.Sprintf("agent-%d", i), "--out", filepath.Join(cars[i].dir, "agent.crt"))
+	}
+	creds := func(s *sidecar) string {
+		return fmt.Sprintf("credential: agent.crt\ntrust_bundle: %s\n", filepath.Join(caDir, "ca.crt"))
+	}
+	cars[0].start(t, creds(cars[0]))
+	token := run("invite", "--socket", cars[0].socket)
+	if !strings.HasPrefix(token, "agent6://"+cars[0].pubkey+"@"+lan.Nodes[0].Addr.String()+":51820") {
+		t.Fatalf("invite printed %q", token)
+	}
+	join := fmt.Sprintf("join: [%q]\n", token)
+	for _, s := range cars[1:] {
+		s.start(t, creds(s)+join)
+	}
+
+	allAlive := func(of []*sidecar) func() bool {
+		return func() bool {
+			for _, s := range of {
+				p := s.peers(t)
+				for _, o := range of {
+					if o != s && p[o.addr.String()].State != "alive" {
+						return false
+					}
+				}
+			}
+			return true
+		}
+	}
+	took := eventually(t, 30*time.Second, "four sidecars admitting each other", allAlive(cars))
+	t.Logf("4 sidecars converged in %v", took.Round(time.Millisecond))
+	for _, s := range cars {
+		for _, o := range cars {
+			if s == o {
+				continue
+			}
+			if out, err := s.ns.Run(ctx, "ping", "-6", "-c", "1", "-W", "5", o.addr.String()); err != nil {
+				t.Fatalf("ping6 %s -> %s: %v\n%s", s.ns.Name, o.addr, err, out)
+			}
+		}
+	}
+	for _, m := range cars[1].peers(t) {
+		if m.TrustDomain != "example.org" || !strings.HasPrefix(m.ID, "spiffe://example.org/agent/agent-") {
+			t.Fatalf("peer without organisation identity: %+v", m)
+		}
+	}
+
+	// kill -9 the last one: the others see it dead and drop its peer.
+	victim := cars[3]
+	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	victim.cmd.Wait()
+	took = eventually(t, 60*time.Second, "the killed sidecar removed everywhere", func() bool {
+		for _, s := range cars[:3] {
+			if st := s.peers(t)[victim.addr.String()].State; st != "dead" {
+				return false
+			}
+			if s.wgPeers(t)[victim.addr.String()] {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("kill -9 seen as dead, WireGuard peer removed, after %v", took.Round(time.Millisecond))
+
+	// Restarted with the same key, it rejoins.
+	victim.start(t, creds(victim)+join)
+	took = eventually(t, 60*time.Second, "the restarted sidecar readmitted", allAlive(cars))
+	t.Logf("restarted sidecar readmitted in %v", took.Round(time.Millisecond))
+	if out, err := cars[1].ns.Run(ctx, "ping", "-6", "-c", "1", "-W", "5", victim.addr.String()); err != nil {
+		t.Fatalf("ping6 to the restarted sidecar: %v\n%s", err, out)
+	}
+	for _, s := range cars {
+		s.stop(t)
+	}
+}

@@ -43,6 +43,7 @@ bench: build
 	$(GO) build -o bin/netbench ./bench/cmd/netbench
 	$(GO) test ./overlay -run '^$$' -bench . -benchtime 2s -count 5 | tee bench/filter.txt
 	./bin/netbench -bin bin -out bench/RESULTS.md $(BENCHFLAGS)
+	$(GO) run ./bench/cmd/gossipbench -out bench/RESULTS.md
 
 clean:
 	rm -rf bin

@@ -131,7 +131,7 @@ type Membership struct {
 	// refused remembers digests of records refused for a lasting reason, so
 	// the same bytes are not verified again. Bounded by maxRefused.
 	refused map[[16]byte]Reason
-	revs    map[[16]byte]*revEntry // by digest of the signed bytes
+	revs    map[[16]byte]*revEntry                 // by digest of the signed bytes
 	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
 	rejoin  chan netip.Addr                        // revived peers to push/pull with
 

@@ -24,7 +24,9 @@ fuzz:
 	@set -e; for spec in \
 		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
 		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
-		overlay:FuzzParseIPv6 node/config:FuzzParse; do \
+		overlay:FuzzParseIPv6 node/config:FuzzParse \
+		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
+		node/membership:FuzzParseRecord node/membership:FuzzDecodeState; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \

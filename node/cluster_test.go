@@ -206,6 +206,14 @@ func TestClusterSmall(t *testing.T) {
 			t.Fatalf("member without identity: %+v", mb)
 		}
 	}
+	// WhoIs answers with the organisation identity, both ways.
+	who, err := nodes[3].WhoIs(nodes[1].Addr())
+	if err != nil || who.ID != "spiffe://example.org/agent/agent-0" || who.TrustDomain != "example.org" || !who.PublicKey.Equal(nodes[1].PublicKey()) {
+		t.Fatalf("WhoIs = %+v, %v", who, err)
+	}
+	if self, _ := nodes[3].WhoIs(nodes[3].Addr()); !self.Self || self.ID != "spiffe://example.org/agent/agent-2" {
+		t.Fatalf("WhoIs(self) = %+v", self)
+	}
 }
 
 // Thirty embedded nodes join through one seed; every node admits every

@@ -12,6 +12,13 @@ type WhoIsResult struct {
 	Addr      netip.Addr           `json:"address"`
 	PublicKey identity.WGPublicKey `json:"public_key"`
 	Self      bool                 `json:"self,omitempty"`
+	// With membership: the organisation identity from the agent's verified
+	// credential, and its membership state.
+	ID          string   `json:"spiffe_id,omitempty"`
+	TrustDomain string   `json:"trust_domain,omitempty"`
+	Groups      []string `json:"groups,omitempty"`
+	Roles       []string `json:"roles,omitempty"`
+	State       string   `json:"state,omitempty"`
 }
 
 // WhoIs returns the identity behind an overlay address: this node, or one
@@ -30,7 +37,18 @@ func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
 		return WhoIsResult{}, fmt.Errorf("node: whois %s: %w", addr, ErrNotOverlay)
 	}
 	if addr == n.Addr() {
-		return WhoIsResult{Addr: addr, PublicKey: n.PublicKey(), Self: true}, nil
+		r := WhoIsResult{Addr: addr, PublicKey: n.PublicKey(), Self: true}
+		if m := n.Membership(); m != nil {
+			c := m.Credential()
+			r.ID, r.TrustDomain, r.Groups, r.Roles, r.State = c.ID, c.TrustDomain, c.Groups, c.Roles, "alive"
+		}
+		return r, nil
+	}
+	if m := n.Membership(); m != nil {
+		if mb, ok := m.Lookup(addr); ok && mb.ID != "" {
+			return WhoIsResult{Addr: addr, PublicKey: mb.PublicKey, ID: mb.ID, TrustDomain: mb.TrustDomain,
+				Groups: mb.Groups, Roles: mb.Roles, State: mb.State}, nil
+		}
 	}
 	peers, err := dev.Peers()
 	if err != nil {

@@ -401,6 +401,16 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
+// Lookup returns what membership knows of the agent at addr.
+func (m *Membership) Lookup(addr netip.Addr) (Member, bool) {
+	for _, mb := range m.Members() {
+		if mb.Addr == addr {
+			return mb, true
+		}
+	}
+	return Member{}, false
+}
+
 // Stats returns membership's counters.
 func (m *Membership) Stats() Stats {
 	s := Stats{Refused: make(map[Reason]uint64), Hellos: m.hellos.Load(), Admitted: m.admits.Load(), Removed: m.removes.Load()}

@@ -158,9 +158,20 @@ func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
 		m.refuse(err, "endpoint", from)
 		return nil, err
 	}
+	// The same bytes as a record already verified: only time can have
+	// changed the verdict (expiry is swept, revocation applied on arrival),
+	// so skip the signature and chain checks.
+	var rec *record
+	var cred *identity.Credential
+	if p := m.peers[addrOfRecord(raw)]; p != nil && p.rec.digest == dig && p.cred != nil && time.Now().Before(p.cred.NotAfter) {
+		rec, cred = p.rec, p.cred
+	}
 	m.mu.Unlock()
 
-	rec, cred, err := m.verify(raw)
+	var err error
+	if rec == nil {
+		rec, cred, err = m.verify(raw)
+	}
 	if err != nil {
 		m.refuse(err, "endpoint", from)
 		if r := reasonOf(err); r != ReasonOverload && r != ReasonStale {

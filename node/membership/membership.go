@@ -12,7 +12,8 @@
 //     other in one round trip, before either sends a WireGuard handshake.
 //   - memberlist node meta (≤512 bytes): a compact signed summary (sequence
 //     number, record digest, endpoints) that tells a node when to ask.
-//   - push/pull anti-entropy: every record and revocation a node holds.
+//   - push/pull anti-entropy: memberlist's state carries every node's meta;
+//     our own state adds every revocation.
 //
 // Refusals are counted by Reason and logged, never fatal.
 package membership
@@ -133,7 +134,12 @@ type Membership struct {
 	refused map[[16]byte]Reason
 	revs    map[[16]byte]*revEntry                 // by digest of the signed bytes
 	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
-	rejoin  chan netip.Addr                        // revived peers to push/pull with
+	// metaCache holds verified node meta by its bytes (one entry per
+	// node, tracked by metaByAddr), so repeated alive messages cost a map
+	// lookup, not a signature check.
+	metaCache  map[string]*meta
+	metaByAddr map[netip.Addr]string
+	rejoin     chan netip.Addr // revived peers to push/pull with
 
 	refusals sync.Map // Reason → *atomic.Uint64
 	hellos   atomic.Uint64
@@ -221,7 +227,10 @@ func New(cfg Config) (*Membership, error) {
 		revs:    make(map[[16]byte]*revEntry),
 		waiters: make(map[identity.WGPublicKey]chan struct{}),
 		rejoin:  make(chan netip.Addr, 64),
-		done:    make(chan struct{}),
+
+		metaCache:  make(map[string]*meta),
+		metaByAddr: make(map[netip.Addr]string),
+		done:       make(chan struct{}),
 	}
 	if err := m.resign(); err != nil {
 		return nil, err

@@ -107,7 +107,8 @@ func TestMetaFits(t *testing.T) {
 // A memberlist node whose name or address is not its key's address is
 // refused by the alive delegate, and counted.
 func TestNotifyAliveAddressMismatch(t *testing.T) {
-	m := &Membership{peers: map[netip.Addr]*peer{}, refused: map[[16]byte]Reason{}, events: make(chan event, 8)}
+	m := &Membership{peers: map[netip.Addr]*peer{}, refused: map[[16]byte]Reason{}, events: make(chan event, 8),
+		metaCache: map[string]*meta{}, metaByAddr: map[netip.Addr]string{}}
 	m.log = slog.New(slog.DiscardHandler)
 	k, _ := identity.GeneratePrivateKey()
 	metaBytes, _ := encodeMeta(k, 1, [16]byte{}, nil)

@@ -60,6 +60,7 @@ func (n *Node) startMembership(port uint16, mtu int) error {
 	m, err := membership.New(membership.Config{
 		Key:        n.key,
 		Credential: n.Credential,
+		Card:       n.Card,
 		Bundle:     n.Bundle,
 		Endpoints:  eps,
 		Port:       n.GossipPort,

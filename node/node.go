@@ -34,6 +34,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node/card"
 	"github.com/agent6/agent6/node/membership"
 	"github.com/agent6/agent6/overlay"
 )
@@ -83,6 +84,9 @@ type Node struct {
 	// static Peers.
 	Credential []byte
 	Bundle     *identity.Bundle
+	// Card is this agent's card (what it can do), published in its signed
+	// record for discovery. Nil publishes none.
+	Card *card.Card
 	// Join lists join tokens (agent6://KEY@host:port); Up starts joining
 	// through any reachable one, retrying with backoff (see Joined).
 	Join []string

@@ -18,6 +18,7 @@
 //	  - agent6://<key>@192.0.2.1:51820
 //	endpoints: ["192.0.2.7:51820"]    # advertised UDP endpoints (default: interface addresses)
 //	gossip_port: 7946
+//	card: /etc/agent6/card.json       # A2A-shaped agent card, for discovery
 //
 // With credential and trust_bundle the node runs membership: it gossips
 // inside the overlay and admits every agent whose credential verifies.
@@ -40,6 +41,7 @@ import (
 
 	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node"
+	"github.com/agent6/agent6/node/card"
 	"github.com/agent6/agent6/node/membership"
 )
 
@@ -70,6 +72,8 @@ type Config struct {
 	Join            []string // validated tokens
 	Endpoints       []netip.AddrPort
 	GossipPort      uint16
+	CardFile        string
+	Card            *card.Card
 }
 
 // Error is a configuration error: the file, the field (a path such as
@@ -104,6 +108,7 @@ type file struct {
 	Join        []string `yaml:"join"`
 	Endpoints   []string `yaml:"endpoints"`
 	GossipPort  *int     `yaml:"gossip_port"`
+	Card        *string  `yaml:"card"`
 }
 
 type peer struct {
@@ -113,7 +118,7 @@ type peer struct {
 }
 
 var (
-	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port"}
+	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "card"}
 	peerKeys = []string{"public_key", "endpoint", "persistent_keepalive"}
 )
 
@@ -254,6 +259,18 @@ func Parse(path string, data []byte) (*Config, error) {
 	if err := c.loadCredential(path, raw.Credential, raw.TrustBundle, fail); err != nil {
 		return nil, err
 	}
+	if raw.Card != nil {
+		if c.Credential == nil {
+			return nil, fail("card", "needs credential and trust_bundle (cards travel with membership)")
+		}
+		c.CardFile = *raw.Card
+		if !filepath.IsAbs(c.CardFile) {
+			c.CardFile = filepath.Join(filepath.Dir(path), c.CardFile)
+		}
+		if c.Card, err = card.Load(c.CardFile); err != nil {
+			return nil, fail("card", "%v", err)
+		}
+	}
 	self := key.WireGuard().Public()
 	if i, ok := seen[self]; ok {
 		return nil, fail(fmt.Sprintf("peers[%d].public_key", i), "is this node's own key")
@@ -367,5 +384,6 @@ func (c *Config) Node(logger *slog.Logger) *node.Node {
 		Join:       c.Join,
 		Endpoints:  c.Endpoints,
 		GossipPort: c.GossipPort,
+		Card:       c.Card,
 	}
 }

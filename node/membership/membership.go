@@ -37,6 +37,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node/card"
 )
 
 // DefaultPort is the gossip port on each node's overlay address.
@@ -60,6 +61,7 @@ type Control interface {
 type Config struct {
 	Key        identity.PrivateKey
 	Credential []byte           // this agent's X.509 certificate, DER
+	Card       *card.Card       // this agent's card; nil for none
 	Bundle     *identity.Bundle // trust domains this node accepts
 	// Endpoints are the UDP addresses others may reach this node at
 	// (at most 4 are advertised).
@@ -97,6 +99,7 @@ type Member struct {
 	State       string               `json:"state"` // alive, suspect, dead, left, revoked, expired, pending
 	Endpoint    netip.AddrPort       `json:"endpoint"`
 	Expires     time.Time            `json:"expires"`
+	Card        *card.Card           `json:"card,omitempty"`
 }
 
 // Stats are membership's counters.
@@ -244,7 +247,14 @@ func (m *Membership) resign() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.seq = max(m.seq+1, uint64(now.UnixNano()))
-	raw, err := newRecord(m.cfg.Key, m.seq, m.cfg.Credential, m.cfg.Endpoints, now)
+	var cardJSON []byte
+	if m.cfg.Card != nil {
+		var err error
+		if cardJSON, err = m.cfg.Card.Marshal(); err != nil {
+			return fmt.Errorf("membership: card: %w", err)
+		}
+	}
+	raw, err := newRecord(m.cfg.Key, m.seq, m.cfg.Credential, m.cfg.Endpoints, cardJSON, now)
 	if err != nil {
 		return fmt.Errorf("membership: sign record: %w", err)
 	}
@@ -397,7 +407,7 @@ func (m *Membership) Members() []Member {
 	defer m.mu.Unlock()
 	out := make([]Member, 0, len(m.peers))
 	for addr, p := range m.peers {
-		mb := Member{Addr: addr, PublicKey: p.rec.wgKey, State: p.state, Endpoint: p.endpoint}
+		mb := Member{Addr: addr, PublicKey: p.rec.wgKey, State: p.state, Endpoint: p.endpoint, Card: p.rec.card}
 		if p.cred != nil {
 			mb.ID, mb.TrustDomain, mb.Groups, mb.Roles, mb.Expires = p.cred.ID, p.cred.TrustDomain, p.cred.Groups, p.cred.Roles, p.cred.NotAfter
 		}

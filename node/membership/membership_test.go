@@ -68,7 +68,7 @@ func FuzzDecodeMeta(f *testing.F) {
 
 func FuzzParseRecord(f *testing.F) {
 	k, _ := identity.PrivateKeyFromSeed(make([]byte, 32))
-	b, _ := newRecord(k, 1, []byte{0x30, 0}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1")}, time.Unix(0, 0))
+	b, _ := newRecord(k, 1, []byte{0x30, 0}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1")}, []byte(`{"name":"x"}`), time.Unix(0, 0))
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := parseRecord(b)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node/card"
 )
 
 // recordVersion is the AgentRecord payload version.
@@ -22,6 +23,7 @@ type agentPayload struct {
 	Credential []byte           `json:"credential"` // X.509 DER
 	Endpoints  []netip.AddrPort `json:"endpoints,omitempty"`
 	Issued     time.Time        `json:"issued"`
+	Card       json.RawMessage  `json:"card,omitempty"` // A2A-shaped agent card
 }
 
 // record is a verified AgentRecord: an agent's full, signed description of
@@ -35,11 +37,12 @@ type record struct {
 	seq       uint64
 	credDER   []byte
 	endpoints []netip.AddrPort
+	card      *card.Card // nil if the agent published none
 }
 
 // newRecord signs an AgentRecord for k.
-func newRecord(k identity.PrivateKey, seq uint64, credential []byte, endpoints []netip.AddrPort, now time.Time) ([]byte, error) {
-	payload, err := json.Marshal(agentPayload{V: recordVersion, Seq: seq, Credential: credential, Endpoints: endpoints, Issued: now.UTC()})
+func newRecord(k identity.PrivateKey, seq uint64, credential []byte, endpoints []netip.AddrPort, cardJSON []byte, now time.Time) ([]byte, error) {
+	payload, err := json.Marshal(agentPayload{V: recordVersion, Seq: seq, Credential: credential, Endpoints: endpoints, Issued: now.UTC(), Card: cardJSON})
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +82,14 @@ func parseRecord(raw []byte) (*record, error) {
 	if err != nil {
 		return nil, refusal(ReasonMalformed, err)
 	}
+	var c *card.Card
+	if len(p.Card) > 0 {
+		if c, err = card.Parse(p.Card); err != nil {
+			return nil, refusal(ReasonMalformed, err)
+		}
+	}
 	return &record{
+		card:      c,
 		raw:       append([]byte(nil), raw...),
 		digest:    digestOf(raw),
 		agentKey:  sr.Signer,
@@ -161,7 +171,7 @@ func decodeMeta(b []byte) (*meta, error) {
 // sequence number (a higher one supersedes a lower). Nodes make their own;
 // it is exported for tools and tests that speak the protocol.
 func SignAgentRecord(k identity.PrivateKey, seq uint64, credential []byte, endpoints []netip.AddrPort, now time.Time) ([]byte, error) {
-	return newRecord(k, seq, credential, endpoints, now)
+	return newRecord(k, seq, credential, endpoints, nil, now)
 }
 
 // HelloFrame wraps a signed AgentRecord in a HELLO control frame, as a

@@ -26,7 +26,8 @@ fuzz:
 		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
 		overlay:FuzzParseIPv6 node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
-		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse; do \
+		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
+		node/dns:FuzzAnswer; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \

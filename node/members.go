@@ -18,8 +18,9 @@ type Member = membership.Member
 // peerTable is the WireGuard device as membership drives it.
 type peerTable struct{ dev *overlay.Device }
 
-func (t peerTable) SetPeer(key identity.WGPublicKey, ep netip.AddrPort) error {
-	return t.dev.SetPeer(overlay.PeerConfig{PublicKey: key, Endpoint: ep})
+func (t peerTable) SetPeer(key identity.WGPublicKey, ep netip.AddrPort, extra []netip.Prefix) error {
+	allowed := append([]netip.Prefix{netip.PrefixFrom(key.Addr(), 128)}, extra...)
+	return t.dev.SetPeer(overlay.PeerConfig{PublicKey: key, Endpoint: ep, AllowedIPs: allowed})
 }
 
 func (t peerTable) RemovePeer(key identity.WGPublicKey) error { return t.dev.RemovePeer(key) }
@@ -72,6 +73,7 @@ func (n *Node) startMembership(port uint16, mtu int) error {
 		Tune:       n.TuneGossip,
 
 		ReconnectInterval: n.ReconnectInterval,
+		OnPeerRemoved:     n.forgetPeer,
 	})
 	if err != nil {
 		return fmt.Errorf("node: %w", err)

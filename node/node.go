@@ -35,6 +35,7 @@ import (
 
 	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node/card"
+	"github.com/agent6/agent6/node/dns"
 	"github.com/agent6/agent6/node/membership"
 	"github.com/agent6/agent6/overlay"
 )
@@ -101,6 +102,11 @@ type Node struct {
 	// ReconnectInterval is how often a peer declared dead is asked whether
 	// it is back (default 10 s; see membership.Config).
 	ReconnectInterval time.Duration
+	// DisableDNS turns off the DNS server that a node with membership
+	// runs on port 53 of its overlay address (UDP and TCP), answering
+	// <name>.<trust-domain>.agent6. with the agent's address (package
+	// node/dns).
+	DisableDNS bool
 
 	mu      sync.Mutex // guards the fields below
 	started bool
@@ -112,11 +118,14 @@ type Node struct {
 	bind    *overlay.Bind
 	tnet    *overlay.Netstack // embedded mode only
 	members *membership.Membership
+	dns     *dns.Server // nil unless membership runs and DNS is enabled
 	tokens  []membership.Token
 	joined  chan struct{} // closed when a join succeeded (or none was asked)
 	closers map[io.Closer]struct{}
-	wg      sync.WaitGroup // background goroutines (the join loop)
+	wg      sync.WaitGroup  // background goroutines: the join loop, task deliveries
+	ctx     context.Context // canceled by Close
 	stop    context.CancelFunc
+	tasks   map[netip.Addr]*Task
 }
 
 // Up starts the node and returns when it can carry traffic: the key is
@@ -140,6 +149,9 @@ func (n *Node) Up(ctx context.Context) error {
 	}
 	n.started = true
 	if n.members != nil {
+		if !n.DisableDNS {
+			n.startDNS()
+		}
 		jctx, cancel := context.WithCancel(context.Background())
 		n.stop = cancel
 		n.wg.Go(func() { n.joinLoop(jctx) })
@@ -151,6 +163,7 @@ func (n *Node) Up(ctx context.Context) error {
 
 func (n *Node) up(ctx context.Context) error {
 	n.joined = make(chan struct{})
+	n.ctx, n.stop = context.WithCancel(context.Background())
 	n.log = n.Logger
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -200,6 +213,7 @@ func (n *Node) up(ctx context.Context) error {
 		ListenPort: n.ListenPort,
 		Bind:       n.bind,
 		Logger:     n.log,
+		Filter:     overlay.FilterConfig{OnHold: n.onHold},
 	})
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
@@ -525,7 +539,7 @@ func (n *Node) Close() error {
 		return fmt.Errorf("node: close: %w", net.ErrClosed)
 	}
 	n.closed = true
-	dev, closers, members, stop := n.dev, n.closers, n.members, n.stop
+	dev, closers, members, stop, dnsSrv := n.dev, n.closers, n.members, n.stop, n.dns
 	n.closers = nil
 	n.mu.Unlock()
 
@@ -533,6 +547,9 @@ func (n *Node) Close() error {
 		stop()
 	}
 	n.wg.Wait()
+	if dnsSrv != nil {
+		dnsSrv.Close()
+	}
 	if members != nil {
 		members.Leave(time.Second)
 		members.Close()

@@ -51,6 +51,7 @@ type FilterStatus struct {
 	OutBytes    uint64            `json:"out_bytes"`
 	ActiveFlows int               `json:"active_flows"`
 	Untracked   uint64            `json:"untracked_packets"`
+	Held        uint64            `json:"held_packets"`
 	Drops       map[string]uint64 `json:"drops"`
 }
 

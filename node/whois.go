@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node/membership"
 )
 
 // WhoIsResult says who holds an overlay address.
@@ -19,6 +20,10 @@ type WhoIsResult struct {
 	Groups      []string `json:"groups,omitempty"`
 	Roles       []string `json:"roles,omitempty"`
 	State       string   `json:"state,omitempty"`
+	// Task is set when the address is a task's (a delegated identity): the
+	// fields above then describe the agent that owns it, and PublicKey is
+	// that agent's WireGuard key, whose session carries the task.
+	Task *membership.TaskInfo `json:"task,omitempty"`
 }
 
 // WhoIs returns the identity behind an overlay address: this node, or one
@@ -35,6 +40,22 @@ func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
 	addr = addr.Unmap()
 	if !identity.IsOverlay(addr) {
 		return WhoIsResult{}, fmt.Errorf("node: whois %s: %w", addr, ErrNotOverlay)
+	}
+	if t, ok := n.Task(addr); ok {
+		r, err := n.WhoIs(n.Addr())
+		info := t.Info()
+		r.Addr, r.Task = addr, &info
+		return r, err
+	}
+	if m := n.Membership(); m != nil {
+		if ti, ok := m.LookupTask(addr); ok {
+			r, err := n.WhoIs(ti.Owner)
+			if err != nil {
+				return WhoIsResult{}, err
+			}
+			r.Addr, r.Task = addr, &ti
+			return r, nil
+		}
 	}
 	if addr == n.Addr() {
 		r := WhoIsResult{Addr: addr, PublicKey: n.PublicKey(), Self: true}

@@ -30,6 +30,9 @@ const (
 	// DropPeerSpoofedSource: a peer sent a packet whose source is not an
 	// address its key holds; WireGuard's cryptokey routing refused it.
 	DropPeerSpoofedSource
+	// DropUndelivered: a task's packet held for a peer that never
+	// acknowledged the task's delegation (or too many were held).
+	DropUndelivered
 	numDropReasons
 )
 
@@ -39,6 +42,7 @@ var dropReasonNames = [numDropReasons]string{
 	DropSpoofedSource:      "spoofed_source",
 	DropForeignDestination: "foreign_destination",
 	DropPeerSpoofedSource:  "peer_spoofed_source",
+	DropUndelivered:        "task_undelivered",
 }
 
 func (r DropReason) String() string {
@@ -54,6 +58,7 @@ type FilterStats struct {
 	OutPackets, OutBytes uint64 // sent by this node
 	ActiveFlows          int
 	Untracked            uint64            // packets passed while the flow table was full
+	Held                 uint64            // task packets held until a peer held the delegation
 	Drops                map[string]uint64 // by DropReason name
 }
 
@@ -71,6 +76,10 @@ type FilterConfig struct {
 	// OnFlowEnd, if set, is called with each flow that ends (idle or at
 	// Close), from the filter's sweeper goroutine. It must not block.
 	OnFlowEnd func(Flow)
+	// OnHold, if set, is called when a task's first packet to a peer is
+	// held (see AddTask): the peer must be given the task's delegation,
+	// then Release (or Discard) called. It must not block.
+	OnHold func(task, dst netip.Addr)
 	// Logger receives rate-limited drop reports. Nil discards.
 	Logger *slog.Logger
 }
@@ -89,14 +98,21 @@ type FilterConfig struct {
 type Filter struct {
 	inner tun.Device
 	cfg   FilterConfig
-	local atomic.Pointer[[16]byte]
+	local atomic.Pointer[localSet]
 	log   *slog.Logger
 
 	flows flowTable
 
+	localMu sync.Mutex // serialises changes to local
+
+	readyMu sync.Mutex // guards ready
+	ready   [][]byte   // released task packets, sent before the next read
+	readyN  atomic.Int32
+
 	inPackets, inBytes   atomic.Uint64
 	outPackets, outBytes atomic.Uint64
 	untracked            atomic.Uint64
+	held                 atomic.Uint64
 	drops                [numDropReasons]atomic.Uint64
 	lastLog              [numDropReasons]atomic.Int64 // unix nanos of the last drop log
 
@@ -134,8 +150,13 @@ func NewFilter(inner tun.Device, cfg FilterConfig) *Filter {
 
 // SetLocal replaces this node's address. Safe for concurrent use.
 func (f *Filter) SetLocal(a netip.Addr) {
-	b := a.As16()
-	f.local.Store(&b)
+	f.localMu.Lock()
+	defer f.localMu.Unlock()
+	next := &localSet{primary: a.As16()}
+	if old := f.local.Load(); old != nil {
+		next.tasks = old.tasks
+	}
+	f.local.Store(next)
 }
 
 // File implements tun.Device.
@@ -156,7 +177,15 @@ func (f *Filter) BatchSize() int { return f.inner.BatchSize() }
 // Read implements tun.Device: packets the local stack sends. A refused
 // packet is reported with size 0, which wireguard-go skips.
 func (f *Filter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if f.readyN.Load() > 0 {
+		if n := f.takeReady(bufs, sizes, offset); n > 0 {
+			return n, nil
+		}
+	}
 	n, err := f.inner.Read(bufs, sizes, offset)
+	if err != nil && f.woken(err) {
+		return f.takeReady(bufs, sizes, offset), nil
+	}
 	if n > 0 {
 		f.filterOut(bufs, sizes, n, offset)
 	}
@@ -181,14 +210,22 @@ func (f *Filter) filterOut(bufs [][]byte, sizes []int, n, offset int) {
 			sizes[i] = 0
 			continue
 		}
-		if info.src != *local {
-			reason := DropSpoofedSource
-			if !overlayAddr(&info.src) || !overlayAddr(&info.dst) {
-				reason = DropNotOverlay
+		if info.src != local.primary {
+			task := local.tasks[info.src]
+			if task == nil {
+				reason := DropSpoofedSource
+				if !overlayAddr(&info.src) || !overlayAddr(&info.dst) {
+					reason = DropNotOverlay
+				}
+				f.drop(reason, &info, true)
+				sizes[i] = 0
+				continue
 			}
-			f.drop(reason, &info, true)
-			sizes[i] = 0
-			continue
+			if !task.delivered(info.dst) && overlayAddr(&info.dst) {
+				f.hold(task, &info, pkt)
+				sizes[i] = 0
+				continue
+			}
 		}
 		if !overlayAddr(&info.dst) {
 			f.drop(DropNotOverlay, &info, true)
@@ -221,7 +258,7 @@ func (f *Filter) Write(bufs [][]byte, offset int) (int, error) {
 			f.drop(DropMalformed, &info, false)
 			continue
 		}
-		if info.dst != *local {
+		if info.dst != local.primary && local.tasks[info.dst] == nil {
 			f.drop(DropForeignDestination, &info, true)
 			continue
 		}
@@ -305,6 +342,7 @@ func (f *Filter) Stats() FilterStats {
 		OutPackets: f.outPackets.Load(),
 		OutBytes:   f.outBytes.Load(),
 		Untracked:  f.untracked.Load(),
+		Held:       f.held.Load(),
 		Drops:      make(map[string]uint64, numDropReasons),
 	}
 	for r := range numDropReasons {

@@ -42,6 +42,7 @@ type netstackTUN struct {
 	notify   *channel.NotificationHandle
 	events   chan tun.Event
 	incoming chan *buffer.View
+	wake     chan struct{}
 	mtu      int
 
 	done      chan struct{}
@@ -73,6 +74,7 @@ func NewNetstack(addr netip.Addr, mtu int) (tun.Device, *Netstack, error) {
 		stack:    s,
 		events:   make(chan tun.Event, 1),
 		incoming: make(chan *buffer.View, 256),
+		wake:     make(chan struct{}, 1),
 		mtu:      mtu,
 		done:     make(chan struct{}),
 	}
@@ -116,8 +118,18 @@ func (t *netstackTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 		}
 		sizes[0] = n
 		return 1, nil
+	case <-t.wake:
+		return 0, errWoken
 	case <-t.done:
 		return 0, os.ErrClosed
+	}
+}
+
+// Wake interrupts a blocked Read (see Filter.Release).
+func (t *netstackTUN) Wake() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -164,6 +176,32 @@ func (t *netstackTUN) Close() error {
 
 func fullAddr(ap netip.AddrPort) tcpip.FullAddress {
 	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(ap.Addr().AsSlice()), Port: ap.Port()}
+}
+
+// AddAddress adds a (task) address to the stack, so that sockets can use it.
+func (n *Netstack) AddAddress(addr netip.Addr) error {
+	pa := tcpip.ProtocolAddress{Protocol: ipv6.ProtocolNumber, AddressWithPrefix: tcpip.AddrFromSlice(addr.AsSlice()).WithPrefix()}
+	if err := n.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("overlay: netstack: add address %s: %v", addr, err)
+	}
+	return nil
+}
+
+// RemoveAddress removes an address added with AddAddress.
+func (n *Netstack) RemoveAddress(addr netip.Addr) error {
+	if err := n.stack.RemoveAddress(nicID, tcpip.AddrFromSlice(addr.AsSlice())); err != nil {
+		return fmt.Errorf("overlay: netstack: remove address %s: %v", addr, err)
+	}
+	return nil
+}
+
+// DialTCPFrom connects to addr from the local address from.
+func (n *Netstack) DialTCPFrom(ctx context.Context, from, addr netip.AddrPort) (net.Conn, error) {
+	c, err := gonet.DialTCPWithBind(ctx, n.stack, fullAddr(from), fullAddr(addr), ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // DialTCP connects to addr.

@@ -74,3 +74,30 @@ func configureLink(name string, mtu int, addr netip.Addr) error {
 	}
 	return nil
 }
+
+// AddTUNAddress adds a (task) address to the TUN interface name, so that
+// local processes can bind it.
+func AddTUNAddress(name string, addr netip.Addr) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("overlay: find link %q: %w", name, err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
+	if err := netlink.AddrAdd(link, a); err != nil {
+		return fmt.Errorf("overlay: add address %s to %q: %w", addr, name, err)
+	}
+	return nil
+}
+
+// RemoveTUNAddress removes an address added with AddTUNAddress.
+func RemoveTUNAddress(name string, addr netip.Addr) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("overlay: find link %q: %w", name, err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(128, 128)}}
+	if err := netlink.AddrDel(link, a); err != nil {
+		return fmt.Errorf("overlay: remove address %s from %q: %w", addr, name, err)
+	}
+	return nil
+}

@@ -14,3 +14,13 @@ import (
 func CreateKernelTUN(name string, mtu int, addr netip.Addr) (tun.Device, error) {
 	return nil, errors.New("overlay: kernel TUN mode is only supported on Linux")
 }
+
+// AddTUNAddress is only implemented on Linux.
+func AddTUNAddress(name string, addr netip.Addr) error {
+	return errors.New("overlay: kernel TUN mode is only supported on Linux")
+}
+
+// RemoveTUNAddress is only implemented on Linux.
+func RemoveTUNAddress(name string, addr netip.Addr) error {
+	return errors.New("overlay: kernel TUN mode is only supported on Linux")
+}

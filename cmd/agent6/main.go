@@ -18,15 +18,17 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"keygen": {"write a new agent key (PKCS#8 Ed25519 PEM)", runKeygen},
-	"pubkey": {"print the WireGuard public key of an agent key", runPubkey},
-	"addr":   {"print the Agent6 address of an agent key or WireGuard key", runAddr},
-	"up":     {"run the sidecar (kernel TUN + LocalAPI) until SIGINT/SIGTERM", runUp},
-	"status": {"show this node and its peers (from the LocalAPI)", runStatus},
-	"peers":  {"list the agents known through membership", runPeers},
-	"invite": {"print a join token for this node", runInvite},
-	"revoke": {"hand a revocation to the node, which applies and gossips it", runRevoke},
-	"ca":     {"organisation CA: init, issue, revoke", runCA},
+	"keygen":   {"write a new agent key (PKCS#8 Ed25519 PEM)", runKeygen},
+	"pubkey":   {"print the WireGuard public key of an agent key", runPubkey},
+	"addr":     {"print the Agent6 address of an agent key or WireGuard key", runAddr},
+	"up":       {"run the sidecar (kernel TUN + LocalAPI) until SIGINT/SIGTERM", runUp},
+	"status":   {"show this node and its peers (from the LocalAPI)", runStatus},
+	"peers":    {"list the agents known through membership", runPeers},
+	"whois":    {"say who holds an overlay address (from the LocalAPI)", runWhois},
+	"discover": {"find agents by skill, tag, name, trust domain or group, with the policy decision", runDiscover},
+	"invite":   {"print a join token for this node", runInvite},
+	"revoke":   {"hand a revocation to the node, which applies and gossips it", runRevoke},
+	"ca":       {"organisation CA: init, issue, revoke", runCA},
 }
 
 // errUsage marks errors that are the caller's invocation, exit status 2.
@@ -40,7 +42,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
+		fmt.Fprintf(w, "  %-9s %s\n", name, commands[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'agent6 <command> -h' for a command's flags.")
 }

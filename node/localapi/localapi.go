@@ -3,8 +3,12 @@
 //
 //	GET  /v1/status       node.Status: own address and keys, peers, filter and membership counters
 //	GET  /v1/peers        []node.Member: every agent known through membership
+//	GET  /v1/whois?addr=A node.WhoIsResult: who holds overlay address A
+//	GET  /v1/discover?skill=&tag=&name=&trust_domain=&group=
+//	                      []node.Discovery: matching agents, with the policy decision for this node
 //	GET  /v1/invite       {"token": "agent6://KEY@host:port"}
 //	POST /v1/revocations  body: a revocation (PEM from `agent6 ca revoke`); applied and gossiped
+//	GET  /metrics         Prometheus text: filter, membership, DNS and LocalAPI counters
 //
 // Errors are JSON objects {"error": message, "code": stable-code} with a
 // 4xx or 5xx status.
@@ -21,8 +25,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -49,6 +57,18 @@ type ErrorBody struct {
 	Code  string `json:"code"`
 }
 
+// Error is an error response the client received.
+type Error struct {
+	Path    string // the request path
+	Status  int    // HTTP status
+	Code    string // one of the Code constants
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("localapi: %s: %s (%s)", e.Path, e.Message, e.Code)
+}
+
 // Server serves the LocalAPI for one node.
 type Server struct {
 	Node   *node.Node
@@ -62,7 +82,10 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/status", s.only(http.MethodGet, s.status))
 	mux.HandleFunc("/v1/peers", s.only(http.MethodGet, s.peers))
+	mux.HandleFunc("/v1/whois", s.only(http.MethodGet, s.whois))
+	mux.HandleFunc("/v1/discover", s.only(http.MethodGet, s.discover))
 	mux.HandleFunc("/v1/invite", s.only(http.MethodGet, s.invite))
+	mux.Handle("/metrics", s.only(http.MethodGet, s.metricsHandler().ServeHTTP))
 	mux.HandleFunc("/v1/revocations", s.only(http.MethodPost, s.revoke))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := s.badRequests.Add(1)
@@ -109,6 +132,75 @@ func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
 		members = []node.Member{}
 	}
 	writeJSON(w, http.StatusOK, members)
+}
+
+// params checks that the query has only the named parameters, each at
+// most once; otherwise it answers 400 and reports false. A misspelt
+// parameter is an error, never a silent "any".
+func (s *Server) params(w http.ResponseWriter, q url.Values, names ...string) bool {
+	for k, v := range q {
+		switch {
+		case !slices.Contains(names, k):
+			s.badRequest(w, fmt.Sprintf("unknown parameter %q (want %s)", k, strings.Join(names, ", ")))
+			return false
+		case len(v) > 1:
+			s.badRequest(w, fmt.Sprintf("parameter %q given %d times", k, len(v)))
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) badRequest(w http.ResponseWriter, msg string) {
+	s.badRequests.Add(1)
+	writeError(w, http.StatusBadRequest, CodeBadRequest, msg)
+}
+
+func (s *Server) whois(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if !s.params(w, q, "addr") {
+		return
+	}
+	raw := q.Get("addr")
+	if raw == "" {
+		s.badRequest(w, "missing parameter addr (an overlay address)")
+		return
+	}
+	addr, err := netip.ParseAddr(raw)
+	if err != nil {
+		s.badRequest(w, fmt.Sprintf("addr %q is not an IP address", raw))
+		return
+	}
+	res, err := s.Node.WhoIs(addr)
+	switch {
+	case errors.Is(err, node.ErrNotOverlay):
+		s.badRequest(w, err.Error())
+	case errors.Is(err, node.ErrUnknownAddr):
+		writeError(w, http.StatusNotFound, CodeNotFound, err.Error())
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, CodeInternal, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, res)
+	}
+}
+
+func (s *Server) discover(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if !s.params(w, q, "skill", "tag", "name", "trust_domain", "group") {
+		return
+	}
+	res, err := s.Node.Discover(r.Context(), node.Query{
+		Skill: q.Get("skill"), Tag: q.Get("tag"), Name: q.Get("name"),
+		TrustDomain: q.Get("trust_domain"), Group: q.Get("group"),
+	})
+	switch {
+	case errors.Is(err, node.ErrNoMembership):
+		writeError(w, http.StatusConflict, CodeNoMembership, "this node runs without membership (no credential and trust_bundle)")
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, CodeInternal, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, res)
+	}
 }
 
 // InviteResponse is the body of GET /v1/invite.
@@ -254,6 +346,32 @@ func (c *Client) Peers(ctx context.Context) ([]node.Member, error) {
 	return out, err
 }
 
+// WhoIs returns who holds an overlay address. An address no known agent
+// holds is an *Error with Code CodeNotFound.
+func (c *Client) WhoIs(ctx context.Context, addr netip.Addr) (node.WhoIsResult, error) {
+	var out node.WhoIsResult
+	err := c.do(ctx, http.MethodGet, "/v1/whois?"+url.Values{"addr": {addr.String()}}.Encode(), nil, &out)
+	return out, err
+}
+
+// Discover returns the agents matching q, each with the node's policy
+// decision for reaching it.
+func (c *Client) Discover(ctx context.Context, q node.Query) ([]node.Discovery, error) {
+	v := url.Values{}
+	for k, s := range map[string]string{"skill": q.Skill, "tag": q.Tag, "name": q.Name, "trust_domain": q.TrustDomain, "group": q.Group} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	path := "/v1/discover"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out []node.Discovery
+	err := c.do(ctx, http.MethodGet, path, nil, &out)
+	return out, err
+}
+
 // Invite returns a join token for the node.
 func (c *Client) Invite(ctx context.Context) (string, error) {
 	var out InviteResponse
@@ -287,7 +405,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 		if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
 			return fmt.Errorf("localapi: %s: HTTP %d", path, resp.StatusCode)
 		}
-		return fmt.Errorf("localapi: %s: %s (%s)", path, eb.Error, eb.Code)
+		return &Error{Path: path, Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("localapi: %s: bad response: %w", path, err)

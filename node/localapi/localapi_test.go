@@ -3,6 +3,8 @@ package localapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node"
+	"github.com/agent6/agent6/node/card"
 	"github.com/agent6/agent6/node/localapi"
 )
 
@@ -169,5 +172,170 @@ func TestMembershipEndpoints(t *testing.T) {
 	fake, _ := identity.SignRecord(k, identity.RecordRevocation, []byte(`{}`))
 	if _, err := c.Revoke(ctx, identity.MarshalRevocationPEM(fake)); err == nil || !strings.Contains(err.Error(), localapi.CodeRefused) {
 		t.Fatalf("forged revocation: %v", err)
+	}
+}
+
+// get requests path on the LocalAPI socket and returns status and body.
+func get(t *testing.T, sock, path string) (int, string) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://agent6" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestWhoIs(t *testing.T) {
+	n, srv, sock := serve(t)
+	c := &localapi.Client{Socket: sock}
+	who, err := c.WhoIs(context.Background(), n.Addr())
+	if err != nil || !who.Self || who.Addr != n.Addr() || !who.PublicKey.Equal(n.PublicKey()) {
+		t.Fatalf("whois self = %+v, %v", who, err)
+	}
+	k, _ := identity.GeneratePrivateKey()
+	unknown := k.WireGuard().Public().Addr()
+	_, err = c.WhoIs(context.Background(), unknown)
+	var apiErr *localapi.Error
+	if !errors.As(err, &apiErr) || apiErr.Status != 404 || apiErr.Code != localapi.CodeNotFound {
+		t.Fatalf("whois unknown: %v", err)
+	}
+	for _, tc := range []struct {
+		path   string
+		status int
+		code   string
+	}{
+		{"/v1/whois", 400, localapi.CodeBadRequest},
+		{"/v1/whois?addr=", 400, localapi.CodeBadRequest},
+		{"/v1/whois?addr=not-an-address", 400, localapi.CodeBadRequest},
+		{"/v1/whois?addr=192.0.2.1", 400, localapi.CodeBadRequest}, // not an overlay address
+		{"/v1/whois?addr=" + n.Addr().String() + "&addr=" + n.Addr().String(), 400, localapi.CodeBadRequest},
+		{"/v1/whois?address=" + n.Addr().String(), 400, localapi.CodeBadRequest},
+		{"/v1/whois?addr=" + unknown.String(), 404, localapi.CodeNotFound},
+		{"/v1/discover", 409, localapi.CodeNoMembership},
+		{"/v1/discover?skil=x", 400, localapi.CodeBadRequest},
+	} {
+		status, body := get(t, sock, tc.path)
+		var eb localapi.ErrorBody
+		if err := json.Unmarshal([]byte(body), &eb); err != nil || status != tc.status || eb.Code != tc.code || eb.Error == "" {
+			t.Errorf("GET %s: %d %s, want %d %s", tc.path, status, body, tc.status, tc.code)
+		}
+	}
+	if got := srv.BadRequests(); got != 7 {
+		t.Errorf("bad requests counted = %d, want 7", got)
+	}
+	// The bad requests show in the metrics, with the filter's counters.
+	status, body := get(t, sock, "/metrics")
+	if status != 200 {
+		t.Fatalf("GET /metrics: %d %s", status, body)
+	}
+	for _, want := range []string{
+		"agent6_localapi_bad_requests_total 7\n",
+		`agent6_info{address="` + n.Addr().String() + `"`,
+		`agent6_filter_packets_total{direction="in"}`,
+		`agent6_filter_bytes_total{direction="out"}`,
+		"agent6_filter_flows ",
+		"agent6_peers 0\n",
+		"go_goroutines ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(body, "agent6_membership_members") || strings.Contains(body, "agent6_dns_queries_total") {
+		t.Error("membership or DNS metrics from a node without membership")
+	}
+}
+
+// Discover and metrics on a node with membership and a peer in another
+// trust domain it accepts.
+func TestDiscoverAndMetrics(t *testing.T) {
+	now := time.Now()
+	caA, _ := identity.NewCA("example.org", time.Hour, now)
+	caB, _ := identity.NewCA("other.example", time.Hour, now)
+	bundle, err := identity.ParseBundle(append(caA.CertificatePEM(), caB.CertificatePEM()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(ca *identity.CA, name string, c *card.Card, join ...string) *node.Node {
+		k, _ := identity.GeneratePrivateKey()
+		der, err := ca.Issue(identity.IssueRequest{Key: k.Public(), Name: name, Groups: []string{"g-" + name}}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := &node.Node{Key: k, Credential: der, Bundle: bundle, Join: join, Card: c,
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}}
+		if err := n.Up(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	seed := mk(caA, "seed", nil)
+	tok, _ := seed.Invite()
+	mk(caA, "planner", &card.Card{Name: "Planner", Skills: []card.Skill{{ID: "plan", Tags: []string{"travel"}}}}, tok)
+	mk(caB, "search", &card.Card{Name: "Search", Skills: []card.Skill{{ID: "search"}}}, tok)
+
+	sock := filepath.Join(t.TempDir(), "a.sock")
+	ln, err := localapi.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go (&localapi.Server{Node: seed}).Serve(ctx, ln)
+	c := &localapi.Client{Socket: sock}
+
+	var all []node.Discovery
+	deadline := time.Now().Add(20 * time.Second)
+	for len(all) < 2 && time.Now().Before(deadline) {
+		if all, err = c.Discover(ctx, node.Query{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(all) != 2 || all[0].ID != "spiffe://example.org/agent/planner" || !all[0].Decision.Allow ||
+		all[1].ID != "spiffe://other.example/agent/search" || all[1].Decision.Allow || all[1].Decision.Reason == "" {
+		t.Fatalf("discover = %+v", all)
+	}
+	for q, want := range map[node.Query]string{
+		{Skill: "plan"}:                  "spiffe://example.org/agent/planner",
+		{Tag: "travel"}:                  "spiffe://example.org/agent/planner",
+		{Name: "search"}:                 "spiffe://other.example/agent/search",
+		{TrustDomain: "other.example"}:   "spiffe://other.example/agent/search",
+		{Group: "g-planner"}:             "spiffe://example.org/agent/planner",
+		{Skill: "search", Group: "none"}: "",
+	} {
+		got, err := c.Discover(ctx, q)
+		if err != nil || (want == "") != (len(got) == 0) || (want != "" && (len(got) != 1 || got[0].ID != want)) {
+			t.Errorf("discover %+v = %+v, %v; want %s", q, got, err, want)
+		}
+	}
+	who, err := c.WhoIs(ctx, all[1].Addr)
+	if err != nil || who.ID != "spiffe://other.example/agent/search" || who.TrustDomain != "other.example" {
+		t.Fatalf("whois = %+v, %v", who, err)
+	}
+
+	status, body := get(t, sock, "/metrics")
+	if status != 200 {
+		t.Fatalf("GET /metrics: %d", status)
+	}
+	for _, want := range []string{
+		"agent6_membership_members 2\n",
+		"agent6_membership_joined 1\n",
+		`agent6_dns_queries_total{result="answered"} 0`,
+		`spiffe_id="spiffe://example.org/agent/seed",trust_domain="example.org"`,
+		"# TYPE agent6_filter_packets_total counter",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }

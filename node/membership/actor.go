@@ -29,6 +29,7 @@ const (
 	evLeave                       // memberlist declared a node dead or left
 	evJoin                        // memberlist declared a node alive
 	evRevocation                  // a revocation to verify and apply
+	evTask                        // a delegation or task end from a peer
 )
 
 type event struct {
@@ -79,6 +80,7 @@ func (m *Membership) actor() {
 			return
 		case <-sweep.C:
 			m.sweepExpired()
+			m.sweepTasks(time.Now())
 		case <-reconnect.C:
 			m.reconnectDead()
 		case ev := <-m.events:
@@ -103,6 +105,8 @@ func (m *Membership) handle(ev event) {
 		m.mu.Unlock()
 	case evLeave:
 		m.remove(ev.addr, ev.state)
+	case evTask:
+		m.handleTaskFrame(ev.from, ev.data)
 	case evRevocation:
 		rev, err := m.applyRevocation(ev.data)
 		if ev.done != nil {
@@ -112,6 +116,9 @@ func (m *Membership) handle(ev event) {
 }
 
 func (m *Membership) handleControlFrame(from netip.AddrPort, b []byte) {
+	if m.leaving.Load() {
+		return // gone from the cluster: admit no one, answer no one
+	}
 	if len(b) < 3 || b[0] != ctrlMagic || b[1] != ctrlVersion || (b[2] != ctrlHello && b[2] != ctrlAck) {
 		m.refuse(refusal(ReasonMalformed, errors.New("control frame header")), "endpoint", from)
 		return
@@ -216,7 +223,7 @@ func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
 	if !admit {
 		return p, nil
 	}
-	if err := m.cfg.Peers.SetPeer(rec.wgKey, from); err != nil {
+	if err := m.cfg.Peers.SetPeer(rec.wgKey, from, m.taskPrefixes(rec.addr)); err != nil {
 		m.log.Error("cannot configure WireGuard peer", "peer", rec.wgKey.ShortString(), "err", err)
 		return nil, err
 	}
@@ -224,6 +231,9 @@ func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
 	newly := !p.admitted
 	revived := !p.deadSince.IsZero()
 	p.admitted, p.endpoint, p.state, p.deadSince = true, from, "alive", time.Time{}
+	if newly {
+		p.admittedAt = time.Now()
+	}
 	m.mu.Unlock()
 	if revived {
 		select {
@@ -329,10 +339,14 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	if state == "dead" {
 		p.deadSince = time.Now()
 	}
+	p.tasks = nil // a node that comes back delivers its tasks again
 	key := p.rec.wgKey
 	m.mu.Unlock()
 	if !was {
 		return
+	}
+	if m.cfg.OnPeerRemoved != nil {
+		m.cfg.OnPeerRemoved(addr)
 	}
 	if err := m.cfg.Peers.RemovePeer(key); err != nil {
 		m.log.Error("cannot remove WireGuard peer", "peer", key.ShortString(), "err", err)
@@ -341,10 +355,30 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	m.log.Info("peer removed", "addr", addr, "peer", key.ShortString(), "state", state)
 }
 
-// reconnectDead sends a HELLO to each peer declared dead, and forgets
-// those dead longer than DeadForget.
+// reconnectDead reconciles the peer table with memberlist — an admitted
+// peer that memberlist has not listed as alive or suspect for three
+// intervals is removed (a leave event lost, or a HELLO answered just before
+// its sender left) — then sends a HELLO to each peer declared dead, and
+// forgets those dead longer than DeadForget.
 func (m *Membership) reconnectDead() {
 	now := time.Now()
+	if m.ml != nil {
+		live := make(map[string]bool)
+		for _, n := range m.ml.Members() {
+			live[n.Name] = true
+		}
+		var gone []netip.Addr
+		m.mu.Lock()
+		for addr, p := range m.peers {
+			if p.admitted && !live[nodeName(addr)] && now.Sub(p.admittedAt) > 3*m.cfg.ReconnectInterval {
+				gone = append(gone, addr)
+			}
+		}
+		m.mu.Unlock()
+		for _, a := range gone {
+			m.remove(a, "dead")
+		}
+	}
 	var targets []netip.AddrPort
 	m.mu.Lock()
 	for addr, p := range m.peers {

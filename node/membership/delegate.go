@@ -215,10 +215,7 @@ func (d *delegate) event(kind eventKind, n *memberlist.Node, state string) {
 	if err != nil {
 		return
 	}
-	ev := event{kind: kind, addr: addr, state: state}
-	if kind == evLeave {
-		d.m().enqueueWait(ev) // a removal must not be lost
-		return
-	}
-	d.m().enqueue(ev)
+	// Never block memberlist: a leave lost to a full queue is caught by the
+	// actor's reconciliation with memberlist's member list.
+	d.m().enqueue(event{kind: kind, addr: addr, state: state})
 }

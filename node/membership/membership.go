@@ -46,7 +46,9 @@ const DefaultPort = 7946
 // Peers is the WireGuard peer table as membership drives it. Calls may
 // block briefly; they are made from one goroutine.
 type Peers interface {
-	SetPeer(key identity.WGPublicKey, endpoint netip.AddrPort) error
+	// SetPeer adds or updates a peer whose AllowedIPs are its own derived
+	// address plus extra (the addresses of its delegated tasks).
+	SetPeer(key identity.WGPublicKey, endpoint netip.AddrPort, extra []netip.Prefix) error
 	RemovePeer(key identity.WGPublicKey) error
 }
 
@@ -86,6 +88,9 @@ type Config struct {
 	// WireGuard would make a false positive permanent.
 	ReconnectInterval time.Duration
 	DeadForget        time.Duration
+	// OnPeerRemoved, if set, is called (from the actor; it must not block)
+	// when an admitted peer is removed: its task deliveries are void.
+	OnPeerRemoved func(addr netip.Addr)
 }
 
 // Member is one known agent, as `agent6 peers` shows it.
@@ -142,7 +147,10 @@ type Membership struct {
 	// lookup, not a signature check.
 	metaCache  map[string]*meta
 	metaByAddr map[netip.Addr]string
-	rejoin     chan netip.Addr // revived peers to push/pull with
+
+	tasksvc *taskService
+	leaving atomic.Bool     // set by Leave
+	rejoin  chan netip.Addr // revived peers to push/pull with
 
 	refusals sync.Map // Reason → *atomic.Uint64
 	hellos   atomic.Uint64
@@ -160,13 +168,15 @@ type revEntry struct {
 }
 
 type peer struct {
-	rec       *record
-	cred      *identity.Credential
-	endpoint  netip.AddrPort
-	admitted  bool
-	state     string
-	helloAt   time.Time
-	deadSince time.Time // when memberlist declared it dead; zero otherwise
+	rec        *record
+	cred       *identity.Credential
+	endpoint   netip.AddrPort
+	admitted   bool
+	state      string
+	helloAt    time.Time
+	deadSince  time.Time // when memberlist declared it dead; zero otherwise
+	admittedAt time.Time
+	tasks      map[netip.Addr]*remoteTask
 }
 
 const (
@@ -294,6 +304,10 @@ func (m *Membership) Start() error {
 	m.ml = ml
 	m.bcast = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: c.RetransmitMult}
 	m.wg.Go(m.rejoinLoop)
+	if err := m.startTaskService(); err != nil {
+		m.Close()
+		return err
+	}
 	m.log.Info("gossip up", "addr", m.addr, "port", m.cfg.Port, "trust_domain", m.cred.TrustDomain, "spiffe_id", m.cred.ID)
 	return nil
 }
@@ -462,6 +476,7 @@ func (m *Membership) refuse(err error, kv ...any) {
 
 // Leave announces departure and waits up to timeout for it to spread.
 func (m *Membership) Leave(timeout time.Duration) error {
+	m.leaving.Store(true)
 	if m.ml == nil {
 		return nil
 	}
@@ -473,6 +488,9 @@ func (m *Membership) Close() error {
 	m.closeOnce.Do(func() {
 		if m.ml != nil {
 			m.ml.Shutdown()
+		}
+		if m.tasksvc != nil {
+			m.tasksvc.pc.Close()
 		}
 		m.stop()
 		if m.tr != nil {

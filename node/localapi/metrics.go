@@ -1,0 +1,118 @@
+package localapi
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metric descriptions. Every value is read from the node when scraped
+// (node.Status and friends); nothing is kept here.
+var (
+	descInfo = prometheus.NewDesc("agent6_info",
+		"This node's identity; the value is always 1.",
+		[]string{"address", "public_key", "spiffe_id", "trust_domain", "mode"}, nil)
+	descPeers = prometheus.NewDesc("agent6_peers",
+		"WireGuard peers configured on this node.", nil, nil)
+	descPackets = prometheus.NewDesc("agent6_filter_packets_total",
+		"Packets the filter accepted, by direction (in: from the overlay, out: to it).", []string{"direction"}, nil)
+	descBytes = prometheus.NewDesc("agent6_filter_bytes_total",
+		"Bytes the filter accepted, by direction.", []string{"direction"}, nil)
+	descDrops = prometheus.NewDesc("agent6_filter_drops_total",
+		"Packets the filter dropped, by reason.", []string{"reason"}, nil)
+	descUntracked = prometheus.NewDesc("agent6_filter_untracked_packets_total",
+		"Packets passed without a flow entry because the flow table was full.", nil, nil)
+	descFlows = prometheus.NewDesc("agent6_filter_flows",
+		"Flows in the filter's flow table.", nil, nil)
+	descMembers = prometheus.NewDesc("agent6_membership_members",
+		"Agents admitted through membership, not counting this node.", nil, nil)
+	descJoined = prometheus.NewDesc("agent6_membership_joined",
+		"1 once the node has joined its cluster, else 0.", nil, nil)
+	descRefusals = prometheus.NewDesc("agent6_membership_refusals_total",
+		"Agent records and revocations membership refused, by reason.", []string{"reason"}, nil)
+	descBadRequests = prometheus.NewDesc("agent6_localapi_bad_requests_total",
+		"LocalAPI requests refused as malformed (bad path, method, parameter or body).", nil, nil)
+	descDNS = prometheus.NewDesc("agent6_dns_queries_total",
+		"DNS queries answered, by result (answered, nodata, nxdomain, refused, malformed, not_implemented).", []string{"result"}, nil)
+)
+
+// collector reads the node's counters on every scrape.
+type collector struct{ s *Server }
+
+var _ prometheus.Collector = collector{}
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
+		descFlows, descMembers, descJoined, descRefusals, descBadRequests, descDNS} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter(descBadRequests, c.s.BadRequests())
+	if st, ok := c.s.Node.DNSStats(); ok {
+		for result, v := range st.ByResult() {
+			counter(descDNS, v, result)
+		}
+	}
+	st, err := c.s.Node.Status()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descInfo, err)
+		return
+	}
+	id, td := "", ""
+	if m := st.Membership; m != nil {
+		id, td = m.SPIFFEID, m.TrustDomain
+	}
+	gauge(descInfo, 1, st.Addr.String(), st.PublicKey.String(), id, td, st.Mode)
+	gauge(descPeers, float64(len(st.Peers)))
+	f := st.Filter
+	counter(descPackets, f.InPackets, "in")
+	counter(descPackets, f.OutPackets, "out")
+	counter(descBytes, f.InBytes, "in")
+	counter(descBytes, f.OutBytes, "out")
+	counter(descUntracked, f.Untracked)
+	gauge(descFlows, float64(f.ActiveFlows))
+	for reason, v := range f.Drops {
+		counter(descDrops, v, reason)
+	}
+	if m := st.Membership; m != nil {
+		gauge(descMembers, float64(m.Members))
+		joined := 0.0
+		if m.Joined {
+			joined = 1
+		}
+		gauge(descJoined, joined)
+		for reason, v := range m.Refused {
+			counter(descRefusals, v, reason)
+		}
+	}
+}
+
+// metricsHandler serves GET /metrics from a registry of its own: this
+// node's collector plus the Go runtime's and the process's.
+func (s *Server) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts := promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}
+	if s.Logger != nil {
+		opts.ErrorLog = errorLogger{s}
+	}
+	return promhttp.HandlerFor(reg, opts)
+}
+
+// errorLogger is promhttp's error log on the server's slog.Logger.
+type errorLogger struct{ s *Server }
+
+func (l errorLogger) Println(v ...any) {
+	l.s.Logger.Warn("localapi: metrics", "err", fmt.Sprint(v...))
+}

@@ -1,0 +1,331 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node/membership"
+	"github.com/agent6/agent6/overlay"
+)
+
+// TaskSpec describes a task (or sub-agent) to start.
+type TaskSpec struct {
+	// ID is the caller's name for the task. It never leaves this node:
+	// peers see only its pseudonym, an HMAC of it under a secret derived
+	// from the agent key. Empty means a random one.
+	ID          string
+	Class       string   // e.g. "tool-call", "retrieval"
+	Sensitivity string   // e.g. "low", "pii"
+	Scope       []string // what the task may reach (enforced by policy)
+	Budget      identity.Budget
+	// TTL is how long the task lives; 0 means one hour. A sub-agent cannot
+	// outlive its parent.
+	TTL time.Duration
+	// Parent, if set, makes this a sub-agent of that task, one level
+	// deeper (at most identity.MaxDelegationDepth).
+	Parent *Task
+}
+
+// Task is a delegated identity: its own key and address, signed for by the
+// agent (or a parent task). Its traffic rides the agent's WireGuard
+// sessions with the task address as source, so every peer can tell agent
+// and task apart — and ask WhoIs.
+type Task struct {
+	n      *Node
+	key    identity.PrivateKey
+	addr   netip.Addr
+	info   identity.Delegation
+	chain  [][]byte // signed delegations, root first
+	parent *Task
+
+	mu        sync.Mutex // guards delivered, ended
+	delivered map[netip.Addr]bool
+	ended     bool
+	timer     *time.Timer
+}
+
+// Errors for tasks.
+var (
+	ErrTaskDepth = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
+	ErrTaskEnded = errors.New("node: task ended")
+)
+
+// StartTask mints a key for a task, signs its delegation and gives the
+// node its address. The first packet from the task to each peer is held
+// until that peer holds the delegation (delivered directly, one round
+// trip), then flows.
+func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
+	if _, err := n.running(); err != nil {
+		return nil, fmt.Errorf("node: start task: %w", err)
+	}
+	if n.Membership() == nil {
+		return nil, ErrNoMembership
+	}
+	ttl := spec.TTL
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	id := spec.ID
+	if id == "" {
+		var b [16]byte
+		rand.Read(b[:])
+		id = hex.EncodeToString(b[:])
+	}
+	key, err := identity.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	d := identity.Delegation{
+		Child: key.Public(), Owner: n.key.Public(), Class: spec.Class, Sensitivity: spec.Sensitivity,
+		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: time.Now().Add(ttl).UTC(),
+		Pseudonym: n.key.TaskPseudonym(id),
+	}
+	signer := n.key
+	var chain [][]byte
+	if p := spec.Parent; p != nil {
+		if p.n != n {
+			return nil, errors.New("node: parent task belongs to another node")
+		}
+		if p.Ended() {
+			return nil, fmt.Errorf("node: parent task: %w", ErrTaskEnded)
+		}
+		if p.info.Depth >= identity.MaxDelegationDepth {
+			return nil, ErrTaskDepth
+		}
+		d.Depth = p.info.Depth + 1
+		if d.NotAfter.After(p.info.NotAfter) {
+			d.NotAfter = p.info.NotAfter
+		}
+		signer, chain = p.key, append(chain, p.chain...)
+	}
+	d.Parent = signer.Public()
+	rec, err := identity.SignDelegation(signer, d)
+	if err != nil {
+		return nil, err
+	}
+	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, rec.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
+	if err := n.addTaskAddr(t.addr); err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	if n.tasks == nil {
+		n.tasks = make(map[netip.Addr]*Task)
+	}
+	n.tasks[t.addr] = t
+	n.mu.Unlock()
+	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
+	n.log.Info("task started", "task", t.addr, "class", d.Class, "depth", d.Depth, "expires", d.NotAfter)
+	return t, ctx.Err()
+}
+
+func (n *Node) addTaskAddr(a netip.Addr) error {
+	if n.tnet != nil {
+		if err := n.tnet.AddAddress(a); err != nil {
+			return err
+		}
+	} else if err := overlay.AddTUNAddress(n.TUN, a); err != nil {
+		return err
+	}
+	n.dev.Filter().AddTask(a)
+	return nil
+}
+
+func (n *Node) removeTaskAddr(a netip.Addr) {
+	n.dev.Filter().RemoveTask(a)
+	var err error
+	if n.tnet != nil {
+		err = n.tnet.RemoveAddress(a)
+	} else {
+		err = overlay.RemoveTUNAddress(n.TUN, a)
+	}
+	if err != nil {
+		n.log.Warn("remove task address", "task", a, "err", err)
+	}
+}
+
+// Addr returns the task's overlay address.
+func (t *Task) Addr() netip.Addr { return t.addr }
+
+// Pseudonym identifies the task to peers without revealing its ID.
+func (t *Task) Pseudonym() string { return t.info.Pseudonym }
+
+// Expires returns when the task ends on its own.
+func (t *Task) Expires() time.Time { return t.info.NotAfter }
+
+// Info describes the task as peers see it.
+func (t *Task) Info() membership.TaskInfo {
+	ds := make([]*identity.Delegation, 0, len(t.chain))
+	for c := t; c != nil; c = c.parent {
+		d := c.info
+		ds = append([]*identity.Delegation{&d}, ds...)
+	}
+	return membership.InfoOf(ds)
+}
+
+// Ended reports whether the task has ended.
+func (t *Task) Ended() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ended
+}
+
+// End ends the task: its address goes away here and every peer that held
+// its delegation is told. Ending twice is not an error.
+func (t *Task) End() error {
+	t.mu.Lock()
+	if t.ended {
+		t.mu.Unlock()
+		return nil
+	}
+	t.ended = true
+	peers := make([]netip.Addr, 0, len(t.delivered))
+	for p := range t.delivered {
+		peers = append(peers, p)
+	}
+	t.mu.Unlock()
+	t.timer.Stop()
+	n := t.n
+	n.mu.Lock()
+	delete(n.tasks, t.addr)
+	closed := n.closed
+	n.mu.Unlock()
+	if closed {
+		return nil
+	}
+	n.removeTaskAddr(t.addr)
+	if m := n.Membership(); m != nil {
+		for _, p := range peers {
+			m.Withdraw(t.addr, p)
+		}
+	}
+	n.log.Info("task ended", "task", t.addr)
+	return nil
+}
+
+// Dial connects from the task's address.
+func (t *Task) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if t.Ended() {
+		return nil, ErrTaskEnded
+	}
+	ap, err := parseOverlayAddrPort(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	n := t.n
+	from := netip.AddrPortFrom(t.addr, 0)
+	switch network {
+	case "tcp", "tcp6":
+		if n.tnet != nil {
+			return n.tnet.DialTCPFrom(ctx, from, ap)
+		}
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(from)}
+		return d.DialContext(ctx, "tcp6", ap.String())
+	case "udp", "udp6":
+		if n.tnet != nil {
+			return n.tnet.DialUDP(from, ap)
+		}
+		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(from)}
+		return d.DialContext(ctx, "udp6", ap.String())
+	}
+	return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+}
+
+// Listen listens for TCP on the task's address (":port").
+func (t *Task) Listen(network, address string) (net.Listener, error) {
+	_, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	return t.n.Listen(network, net.JoinHostPort(t.addr.String(), port))
+}
+
+// ListenPacket listens for UDP on the task's address (":port").
+func (t *Task) ListenPacket(network, address string) (net.PacketConn, error) {
+	_, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	return t.n.ListenPacket(network, net.JoinHostPort(t.addr.String(), port))
+}
+
+// onHold is the filter's OnHold: deliver the task's delegation to the
+// owner of dst, then release (or discard) the held packets. It runs on the
+// packet path, so the delivery runs in a goroutine owned by the node.
+func (n *Node) onHold(task, dst netip.Addr) {
+	n.mu.Lock()
+	t := n.tasks[task]
+	ctx := n.ctx
+	closed := n.closed
+	if t != nil && !closed {
+		n.wg.Add(1)
+	}
+	n.mu.Unlock()
+	if t == nil || closed {
+		n.dev.Filter().Discard(task, dst)
+		return
+	}
+	go func() {
+		defer n.wg.Done()
+		n.deliver(ctx, t, dst)
+	}()
+}
+
+func (n *Node) deliver(ctx context.Context, t *Task, dst netip.Addr) {
+	m := n.Membership()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	owner, err := m.Deliver(ctx, t.addr, dst, t.chain)
+	f := n.dev.Filter()
+	if err != nil {
+		n.log.Warn("task delegation not delivered; its packets are dropped", "task", t.addr, "addr", dst, "err", err)
+		f.Discard(t.addr, dst)
+		return
+	}
+	t.mu.Lock()
+	t.delivered[owner] = true
+	t.mu.Unlock()
+	f.Release(t.addr, dst)
+}
+
+// forgetPeer voids the task deliveries to a removed peer.
+func (n *Node) forgetPeer(addr netip.Addr) {
+	n.mu.Lock()
+	tasks := make([]*Task, 0, len(n.tasks))
+	for _, t := range n.tasks {
+		tasks = append(tasks, t)
+	}
+	n.mu.Unlock()
+	for _, t := range tasks {
+		t.mu.Lock()
+		delete(t.delivered, addr)
+		t.mu.Unlock()
+		n.dev.Filter().Forget(t.addr, addr)
+	}
+}
+
+// Task returns the running task at addr.
+func (n *Node) Task(addr netip.Addr) (*Task, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	t, ok := n.tasks[addr]
+	return t, ok
+}
+
+// Tasks returns the running tasks.
+func (n *Node) Tasks() []*Task {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]*Task, 0, len(n.tasks))
+	for _, t := range n.tasks {
+		out = append(out, t)
+	}
+	return out
+}

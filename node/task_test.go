@@ -1,0 +1,191 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/node"
+	"github.com/agent6/agent6/node/membership"
+)
+
+// whoServer answers each TCP connection on port 80 with the WhoIs of its
+// caller, as the callee of a tool call would ask.
+func whoServer(t *testing.T, n *node.Node) chan node.WhoIsResult {
+	ln, err := n.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan node.WhoIsResult, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+			who, err := n.WhoIs(ra)
+			if err != nil {
+				fmt.Fprintf(c, "error %v", err)
+			} else {
+				fmt.Fprintf(c, "hello %s", who.Addr)
+				seen <- who
+			}
+			c.Close()
+		}
+	}()
+	return seen
+}
+
+func call(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), to netip.Addr) (string, error) {
+	c, err := dial(ctx, "tcp", netip.AddrPortFrom(to, 80).String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// A task on one node calls a peer that never saw it: the first packet is
+// held until the peer holds the delegation, then flows, and the callee's
+// WhoIs names agent and task. A sub-agent works the same, one level down.
+func TestTaskAcrossNodes(t *testing.T) {
+	o := newOrg(t, "example.org")
+	planner := o.member(t, "planner", o.bundle)
+	tool := o.member(t, "tool", o.bundle, invite(t, planner))
+	waitFor(t, 20*time.Second, "pair", func() bool { return fullMesh([]*node.Node{planner, tool}) })
+	seen := whoServer(t, tool)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	task, err := planner.StartTask(ctx, node.TaskSpec{ID: "order-42", Class: "tool-call", Sensitivity: "low", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.Addr() == planner.Addr() || !identity.IsOverlay(task.Addr()) {
+		t.Fatalf("task address %s", task.Addr())
+	}
+	reply, err := call(ctx, task.Dial, tool.Addr())
+	if err != nil || reply != "hello "+task.Addr().String() {
+		t.Fatalf("call from task: %q, %v", reply, err)
+	}
+	// The first packet (the SYN) was held, then released: none dropped.
+	if st, _ := planner.Status(); st.Filter.Held == 0 || st.Filter.Drops["task_undelivered"] != 0 {
+		t.Fatalf("filter held %d, undelivered %d", st.Filter.Held, st.Filter.Drops["task_undelivered"])
+	}
+	who := <-seen
+	if who.Task == nil || who.Task.Class != "tool-call" || who.Task.Owner != planner.Addr() || who.ID != "spiffe://example.org/agent/planner" ||
+		who.Task.Pseudonym != task.Pseudonym() || who.Task.Pseudonym == "order-42" || who.Task.Depth != 1 {
+		t.Fatalf("callee WhoIs(task) = %+v task %+v", who, who.Task)
+	}
+	// The caller side can ask too.
+	if w, err := planner.WhoIs(task.Addr()); err != nil || w.Task == nil || !w.Self {
+		t.Fatalf("caller WhoIs(task) = %+v, %v", w, err)
+	}
+
+	// A sub-agent of the task: depth 2, parent chain planner → task.
+	sub, err := planner.StartTask(ctx, node.TaskSpec{Class: "retrieval", Parent: task})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := call(ctx, sub.Dial, tool.Addr()); err != nil || reply != "hello "+sub.Addr().String() {
+		t.Fatalf("call from sub-agent: %q, %v", reply, err)
+	}
+	who = <-seen
+	if who.Task == nil || who.Task.Depth != 2 || len(who.Task.Parents) != 2 || who.Task.Parents[0] != planner.Addr() || who.Task.Parents[1] != task.Addr() {
+		t.Fatalf("sub-agent WhoIs = %+v", who.Task)
+	}
+	if sub.Expires().After(task.Expires()) {
+		t.Fatal("sub-agent outlives its parent")
+	}
+
+	// Ending the task removes it at the peer.
+	task.End()
+	waitFor(t, 10*time.Second, "task withdrawn at the peer", func() bool {
+		_, err := tool.WhoIs(task.Addr())
+		return errors.Is(err, node.ErrUnknownAddr)
+	})
+	if _, err := task.Dial(ctx, "tcp", netip.AddrPortFrom(tool.Addr(), 80).String()); !errors.Is(err, node.ErrTaskEnded) {
+		t.Fatalf("dial from an ended task: %v", err)
+	}
+}
+
+func TestTaskDepthLimit(t *testing.T) {
+	o := newOrg(t, "example.org")
+	n := o.member(t, "deep", o.bundle)
+	ctx := context.Background()
+	parent, err := n.StartTask(ctx, node.TaskSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range identity.MaxDelegationDepth - 1 {
+		if parent, err = n.StartTask(ctx, node.TaskSpec{Parent: parent}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.StartTask(ctx, node.TaskSpec{Parent: parent}); !errors.Is(err, node.ErrTaskDepth) {
+		t.Fatalf("depth %d: err = %v, want ErrTaskDepth", identity.MaxDelegationDepth+1, err)
+	}
+}
+
+func TestTaskExpiry(t *testing.T) {
+	o := newOrg(t, "example.org")
+	a := o.member(t, "a", o.bundle)
+	b := o.member(t, "b", o.bundle, invite(t, a))
+	waitFor(t, 20*time.Second, "pair", func() bool { return fullMesh([]*node.Node{a, b}) })
+	whoServer(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	task, err := a.StartTask(ctx, node.TaskSpec{TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(ctx, task.Dial, b.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "task expired everywhere", func() bool {
+		_, errB := b.WhoIs(task.Addr())
+		return task.Ended() && errors.Is(errB, node.ErrUnknownAddr)
+	})
+}
+
+// A delegation that is forged, or that does not descend from the sender,
+// is refused and counted; the peer keeps working.
+func TestForgedDelegationRefused(t *testing.T) {
+	o := newOrg(t, "example.org")
+	a := o.member(t, "a", o.bundle)
+	b := o.member(t, "b", o.bundle, invite(t, a))
+	waitFor(t, 20*time.Second, "pair", func() bool { return fullMesh([]*node.Node{a, b}) })
+	// a sends, from its own overlay address, a delegation signed by a key
+	// that is not a's: "delegating" someone else's authority.
+	stranger, _ := identity.GeneratePrivateKey()
+	child, _ := identity.GeneratePrivateKey()
+	rec, err := identity.SignDelegation(stranger, identity.Delegation{Child: child.Public(), Parent: stranger.Public(), Owner: stranger.Public(), Depth: 1, NotAfter: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := a.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.Addr(), membership.TaskPort))
+	before := b.Membership().Stats().Refused[membership.ReasonBadDelegation]
+	waitFor(t, 10*time.Second, "forged delegation refused", func() bool {
+		pc.WriteTo(membership.EncodeChain([][]byte{rec.Marshal()}), to)
+		time.Sleep(100 * time.Millisecond)
+		return b.Membership().Stats().Refused[membership.ReasonBadDelegation] > before
+	})
+	childAddr, _ := child.Public().Addr()
+	if _, err := b.WhoIs(childAddr); !errors.Is(err, node.ErrUnknownAddr) {
+		t.Fatalf("forged task known at b: %v", err)
+	}
+}

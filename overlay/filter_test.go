@@ -220,16 +220,22 @@ func TestFilterTableFull(t *testing.T) {
 func BenchmarkFilterEstablished(b *testing.B) {
 	local, remote := testAddrs()
 	const batchSize = 128
-	for _, dir := range []string{"in", "out"} {
+	task := netip.MustParseAddr("2001:21::7a5c")
+	for _, dir := range []string{"in", "out", "out-task"} {
 		b.Run(dir, func(b *testing.B) {
 			fake := &fakeTUN{}
 			f := NewFilter(nullTUN{fake}, FilterConfig{Local: local})
 			defer f.Close()
 			var pkt []byte
-			if dir == "in" {
+			switch dir {
+			case "in":
 				pkt = udp6(remote, local, 443, 50000, 1200)
-			} else {
+			case "out":
 				pkt = udp6(local, remote, 50000, 443, 1200)
+			case "out-task": // a task's established flow to a peer holding its delegation
+				f.AddTask(task)
+				f.Release(task, remote)
+				pkt = udp6(task, remote, 50000, 443, 1200)
 			}
 			pkts := make([][]byte, batchSize)
 			for i := range pkts {
@@ -244,7 +250,7 @@ func BenchmarkFilterEstablished(b *testing.B) {
 				if dir == "in" {
 					copy(work, bufs)
 					f.Write(work, off)
-				} else {
+				} else { // out, out-task
 					for i := range sizes {
 						sizes[i] = len(pkt)
 					}
@@ -260,3 +266,61 @@ func BenchmarkFilterEstablished(b *testing.B) {
 type nullTUN struct{ *fakeTUN }
 
 func (nullTUN) Write(bufs [][]byte, offset int) (int, error) { return len(bufs), nil }
+
+// A task's first packets to a peer are held until Release, then read in
+// order before anything new; Discard drops them.
+func TestFilterTaskHold(t *testing.T) {
+	local, remote := testAddrs()
+	task := netip.MustParseAddr("2001:21::7a5c")
+	var held []netip.Addr
+	fake := &fakeTUN{}
+	f := NewFilter(fake, FilterConfig{Local: local, OnHold: func(tk, dst netip.Addr) {
+		if tk != task {
+			t.Errorf("OnHold for %s", tk)
+		}
+		held = append(held, dst)
+	}})
+	defer f.Close()
+	f.AddTask(task)
+	fake.toRead = [][]byte{udp6(task, remote, 1, 2, 1), udp6(task, remote, 1, 2, 2), udp6(local, remote, 3, 4, 3)}
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, off+1500)
+	}
+	sizes := make([]int, 4)
+	n, _ := f.Read(bufs, sizes, off)
+	if n != 3 || sizes[0] != 0 || sizes[1] != 0 || sizes[2] == 0 {
+		t.Fatalf("first read: n=%d sizes=%v; want the task's two packets held, the agent's passed", n, sizes[:n])
+	}
+	if len(held) != 1 || held[0] != remote {
+		t.Fatalf("OnHold calls: %v, want one for %s", held, remote)
+	}
+	// Inbound to the task address is accepted.
+	f.Write(batch(udp6(remote, task, 2, 1, 0)), off)
+	if len(fake.written) != 1 {
+		t.Fatal("inbound packet to the task address refused")
+	}
+	f.Release(task, remote)
+	n, err := f.Read(bufs, sizes, off)
+	if err != nil || n != 2 || sizes[0] != 49 || sizes[1] != 50 {
+		t.Fatalf("after Release: n=%d sizes=%v err=%v; want the two held packets in order", n, sizes[:n], err)
+	}
+	// Now the task's packets to that peer pass; to another peer they wait.
+	other := netip.MustParseAddr("2001:21::beef")
+	fake.toRead = [][]byte{udp6(task, remote, 1, 2, 0), udp6(task, other, 1, 2, 0)}
+	n, _ = f.Read(bufs, sizes, off)
+	if n != 2 || sizes[0] == 0 || sizes[1] != 0 {
+		t.Fatalf("delivered peer passes, new peer held: sizes=%v", sizes[:n])
+	}
+	f.Discard(task, other)
+	if f.Drops(DropUndelivered) != 1 {
+		t.Fatalf("undelivered drops = %d, want 1", f.Drops(DropUndelivered))
+	}
+	// A removed task address is a spoofed source again.
+	f.RemoveTask(task)
+	fake.toRead = [][]byte{udp6(task, remote, 1, 2, 0)}
+	f.Read(bufs, sizes, off)
+	if sizes[0] != 0 || f.Drops(DropSpoofedSource) != 1 {
+		t.Fatalf("removed task still sends: size %d, spoofed drops %d", sizes[0], f.Drops(DropSpoofedSource))
+	}
+}

@@ -80,5 +80,5 @@ func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
 			return WhoIsResult{Addr: addr, PublicKey: p.PublicKey}, nil
 		}
 	}
-	return WhoIsResult{}, fmt.Errorf("node: whois %s: %w", addr, ErrUnknownAddr)
+	return WhoIsResult{}, fmt.Errorf("whois %s: %w", addr, ErrUnknownAddr)
 }

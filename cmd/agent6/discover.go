@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/agent6/agent6/node"
 	"github.com/agent6/agent6/node/config"
@@ -49,6 +50,16 @@ func runWhois(args []string, stdout io.Writer) error {
 		fmt.Fprintf(tw, "state\t%s\n", who.State)
 	} else {
 		fmt.Fprintf(tw, "identity\tunknown (a static WireGuard peer, not known through membership)\n")
+	}
+	if t := who.Task; t != nil {
+		parents := make([]string, len(t.Parents))
+		for i, p := range t.Parents {
+			parents[i] = p.String()
+		}
+		fmt.Fprintf(tw, "task\tclass %s, sensitivity %s, depth %d\n", orDash(t.Class), orDash(t.Sensitivity), t.Depth)
+		fmt.Fprintf(tw, "task pseudonym\t%s\n", t.Pseudonym)
+		fmt.Fprintf(tw, "delegated by\t%s\n", strings.Join(parents, " → "))
+		fmt.Fprintf(tw, "task expires\t%s\n", t.Expires.Format(time.RFC3339))
 	}
 	return tw.Flush()
 }

@@ -28,6 +28,7 @@ var commands = map[string]command{
 	"discover": {"find agents by skill, tag, name, trust domain or group, with the policy decision", runDiscover},
 	"invite":   {"print a join token for this node", runInvite},
 	"revoke":   {"hand a revocation to the node, which applies and gossips it", runRevoke},
+	"task":     {"tasks with their own addresses: start, end, list", runTask},
 	"ca":       {"organisation CA: init, issue, revoke", runCA},
 }
 

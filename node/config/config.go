@@ -19,6 +19,7 @@
 //	endpoints: ["192.0.2.7:51820"]    # advertised UDP endpoints (default: interface addresses)
 //	gossip_port: 7946
 //	card: /etc/agent6/card.json       # A2A-shaped agent card, for discovery
+//	disable_dns: false                # true: no DNS server on the overlay address
 //
 // With credential and trust_bundle the node runs membership: it gossips
 // inside the overlay and admits every agent whose credential verifies.
@@ -74,6 +75,7 @@ type Config struct {
 	GossipPort      uint16
 	CardFile        string
 	Card            *card.Card
+	DisableDNS      bool // no DNS server on port 53 of the overlay address
 }
 
 // Error is a configuration error: the file, the field (a path such as
@@ -109,6 +111,7 @@ type file struct {
 	Endpoints   []string `yaml:"endpoints"`
 	GossipPort  *int     `yaml:"gossip_port"`
 	Card        *string  `yaml:"card"`
+	DisableDNS  bool     `yaml:"disable_dns"`
 }
 
 type peer struct {
@@ -118,7 +121,7 @@ type peer struct {
 }
 
 var (
-	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "card"}
+	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "card", "disable_dns"}
 	peerKeys = []string{"public_key", "endpoint", "persistent_keepalive"}
 )
 
@@ -162,7 +165,7 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, &Error{File: path, Err: err}
 	}
 
-	c := &Config{Path: path, KeyFile: DefaultKey, ListenPort: DefaultListenPort, TUN: DefaultTUN, MTU: node.DefaultMTU, LocalAPI: DefaultLocalAPI, LogLevel: slog.LevelInfo}
+	c := &Config{Path: path, KeyFile: DefaultKey, ListenPort: DefaultListenPort, TUN: DefaultTUN, MTU: node.DefaultMTU, LocalAPI: DefaultLocalAPI, LogLevel: slog.LevelInfo, DisableDNS: raw.DisableDNS}
 	if raw.Key != nil {
 		if *raw.Key == "" {
 			return nil, fail("key", "empty path")
@@ -385,5 +388,6 @@ func (c *Config) Node(logger *slog.Logger) *node.Node {
 		Endpoints:  c.Endpoints,
 		GossipPort: c.GossipPort,
 		Card:       c.Card,
+		DisableDNS: c.DisableDNS,
 	}
 }

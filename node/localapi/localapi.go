@@ -8,6 +8,10 @@
 //	                      []node.Discovery: matching agents, with the policy decision for this node
 //	GET  /v1/invite       {"token": "agent6://KEY@host:port"}
 //	POST /v1/revocations  body: a revocation (PEM from `agent6 ca revoke`); applied and gossiped
+//	POST /v1/tasks        body: TaskRequest {"class", "sensitivity", "scope", "ttl": "10m", "budget",
+//	                      "parent": id, "id": caller's name}; 201 Task {"id", "address", "expires", "depth", ...}
+//	GET  /v1/tasks        []Task: the running tasks
+//	DELETE /v1/tasks/{id} 204: the task ends, its address goes and its peers are told
 //	GET  /metrics         Prometheus text: filter, membership, DNS and LocalAPI counters
 //
 // Errors are JSON objects {"error": message, "code": stable-code} with a
@@ -31,6 +35,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -75,6 +80,7 @@ type Server struct {
 	Logger *slog.Logger
 
 	badRequests atomic.Uint64
+	taskMu      sync.Mutex // held while starting a task (see startTask)
 }
 
 // Handler returns the API's HTTP handler.
@@ -87,6 +93,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/v1/invite", s.only(http.MethodGet, s.invite))
 	mux.Handle("/metrics", s.only(http.MethodGet, s.metricsHandler().ServeHTTP))
 	mux.HandleFunc("/v1/revocations", s.only(http.MethodPost, s.revoke))
+	mux.HandleFunc("/v1/tasks", s.tasks)
+	mux.HandleFunc("/v1/tasks/{id}", s.only(http.MethodDelete, s.endTask))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := s.badRequests.Add(1)
 		if s.Logger != nil {
@@ -101,13 +109,19 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) only(m string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != m {
-			s.badRequests.Add(1)
-			w.Header().Set("Allow", m)
-			writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, m))
+			s.methodNotAllowed(w, r, m)
 			return
 		}
 		h(w, r)
 	}
+}
+
+// methodNotAllowed answers a JSON 405 naming the allowed methods, and
+// counts the request as malformed.
+func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed ...string) {
+	s.badRequests.Add(1)
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, strings.Join(allowed, " or ")))
 }
 
 // BadRequests returns how many requests were refused as malformed.
@@ -140,6 +154,9 @@ func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
 func (s *Server) params(w http.ResponseWriter, q url.Values, names ...string) bool {
 	for k, v := range q {
 		switch {
+		case len(names) == 0:
+			s.badRequest(w, fmt.Sprintf("unknown parameter %q (this endpoint takes none)", k))
+			return false
 		case !slices.Contains(names, k):
 			s.badRequest(w, fmt.Sprintf("unknown parameter %q (want %s)", k, strings.Join(names, ", ")))
 			return false
@@ -400,12 +417,15 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 		return fmt.Errorf("localapi: cannot reach agent6 at %s (is `agent6 up` running?): %w", c.Socket, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		var eb ErrorBody
 		if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
 			return fmt.Errorf("localapi: %s: HTTP %d", path, resp.StatusCode)
 		}
 		return &Error{Path: path, Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("localapi: %s: bad response: %w", path, err)

@@ -43,16 +43,16 @@ func (t *remoteTask) leaf() *identity.Delegation { return t.chain[len(t.chain)-1
 // TaskInfo describes a delegated identity: the agent it belongs to and
 // the delegation chain from that agent down to it.
 type TaskInfo struct {
-	Addr        netip.Addr   `json:"address"`
-	Owner       netip.Addr   `json:"owner"`
-	Parents     []netip.Addr `json:"parents"` // owner first, then parent tasks
-	Class       string       `json:"class,omitempty"`
-	Sensitivity string       `json:"sensitivity,omitempty"`
-	Scope       []string     `json:"scope,omitempty"`
-	Budget      identity.Budget
-	Pseudonym   string    `json:"pseudonym"`
-	Depth       int       `json:"depth"`
-	Expires     time.Time `json:"expires"`
+	Addr        netip.Addr      `json:"address"`
+	Owner       netip.Addr      `json:"owner"`
+	Parents     []netip.Addr    `json:"parents"` // owner first, then parent tasks
+	Class       string          `json:"class,omitempty"`
+	Sensitivity string          `json:"sensitivity,omitempty"`
+	Scope       []string        `json:"scope,omitempty"`
+	Budget      identity.Budget `json:"budget,omitzero"`
+	Pseudonym   string          `json:"pseudonym"`
+	Depth       int             `json:"depth"`
+	Expires     time.Time       `json:"expires"`
 }
 
 // InfoOf describes the task at the end of chain.

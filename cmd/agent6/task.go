@@ -1,0 +1,133 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agent6/agent6/node/config"
+	"github.com/agent6/agent6/node/localapi"
+)
+
+const taskUsage = `usage: agent6 task <subcommand> [flags]
+
+subcommands:
+  start  start a task (a delegated identity with its own address); prints its id and address
+  end    end a task by id: its address goes away and the peers that knew it are told
+  list   list the running tasks
+
+Run 'agent6 task <subcommand> -h' for its flags.
+`
+
+func runTask(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: missing subcommand (start, end or list)", errUsage)
+	}
+	switch args[0] {
+	case "start":
+		return runTaskStart(args[1:], stdout)
+	case "end":
+		return runTaskEnd(args[1:], stdout)
+	case "list":
+		return runTaskList(args[1:], stdout)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(os.Stderr, taskUsage)
+		return flag.ErrHelp
+	}
+	return fmt.Errorf("%w: unknown subcommand %q (want start, end or list)", errUsage, args[0])
+}
+
+func runTaskStart(args []string, stdout io.Writer) error {
+	fs := newFlags("task start", "--class C [--sensitivity S] [--scope S]... [--ttl D] [--parent ID] [--id NAME] [--json] [--socket PATH]")
+	var req localapi.TaskRequest
+	var scope stringList
+	fs.StringVar(&req.Class, "class", "", "the task's class, e.g. tool-call or retrieval")
+	fs.StringVar(&req.Sensitivity, "sensitivity", "", "the data it handles, e.g. low or pii")
+	fs.Var(&scope, "scope", "what the task may reach (repeatable)")
+	fs.DurationVar(&req.TTL, "ttl", 0, "how long the task lives (default: the node's, one hour)")
+	fs.StringVar(&req.Parent, "parent", "", "id of a running task: start a sub-agent of it")
+	fs.StringVar(&req.ID, "id", "", "your own name for the task; it never leaves the node (default: random)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if req.Class == "" {
+		return fmt.Errorf("%w: --class is required", errUsage)
+	}
+	if req.TTL < 0 {
+		return fmt.Errorf("%w: --ttl must not be negative", errUsage)
+	}
+	req.Scope = scope
+	c, ctx, cancel := client(*socket)
+	defer cancel()
+	t, err := c.StartTask(ctx, req)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(stdout, t)
+	}
+	fmt.Fprintln(stdout, t.ID, t.Addr)
+	return nil
+}
+
+func runTaskEnd(args []string, stdout io.Writer) error {
+	fs := newFlags("task end", "ID [--socket PATH]")
+	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	id, err := parseOne(fs, args, "ID")
+	if err != nil {
+		return err
+	}
+	c, ctx, cancel := client(*socket)
+	defer cancel()
+	return c.EndTask(ctx, id)
+}
+
+func runTaskList(args []string, stdout io.Writer) error {
+	fs := newFlags("task list", "[--json] [--socket PATH]")
+	asJSON := fs.Bool("json", false, "print JSON")
+	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, ctx, cancel := client(*socket)
+	defer cancel()
+	tasks, err := c.Tasks(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(stdout, tasks)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tADDRESS\tCLASS\tSENSITIVITY\tDEPTH\tEXPIRES\tPARENT")
+	ids := make(map[netip.Addr]string, len(tasks))
+	for _, t := range tasks {
+		ids[t.Addr] = t.ID
+	}
+	for _, t := range tasks {
+		parent := "-" // the agent itself
+		if len(t.Parents) > 1 {
+			p := t.Parents[len(t.Parents)-1]
+			if parent = ids[p]; parent == "" {
+				parent = p.String()
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", t.ID, t.Addr, orDash(t.Class), orDash(t.Sensitivity), t.Depth,
+			time.Until(t.Expires).Round(time.Second), parent)
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}

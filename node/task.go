@@ -54,8 +54,9 @@ type Task struct {
 
 // Errors for tasks.
 var (
-	ErrTaskDepth = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
-	ErrTaskEnded = errors.New("node: task ended")
+	ErrTaskDepth  = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
+	ErrTaskEnded  = errors.New("node: task ended")
+	ErrTaskExists = errors.New("node: a task with this ID is already running")
 )
 
 // StartTask mints a key for a task, signs its delegation and gives the
@@ -79,6 +80,7 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 		rand.Read(b[:])
 		id = hex.EncodeToString(b[:])
 	}
+	pseudonym := n.key.TaskPseudonym(id)
 	key, err := identity.GeneratePrivateKey()
 	if err != nil {
 		return nil, err
@@ -86,7 +88,7 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	d := identity.Delegation{
 		Child: key.Public(), Owner: n.key.Public(), Class: spec.Class, Sensitivity: spec.Sensitivity,
 		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: time.Now().Add(ttl).UTC(),
-		Pseudonym: n.key.TaskPseudonym(id),
+		Pseudonym: pseudonym,
 	}
 	signer := n.key
 	var chain [][]byte
@@ -112,15 +114,26 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 		return nil, err
 	}
 	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, rec.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
-	if err := n.addTaskAddr(t.addr); err != nil {
-		return nil, err
-	}
+	// Register first, so that the same ID cannot start twice (its
+	// pseudonym, the task's public name, would be ambiguous).
 	n.mu.Lock()
+	for _, o := range n.tasks {
+		if o.info.Pseudonym == pseudonym {
+			n.mu.Unlock()
+			return nil, fmt.Errorf("%w (as %s)", ErrTaskExists, pseudonym)
+		}
+	}
 	if n.tasks == nil {
 		n.tasks = make(map[netip.Addr]*Task)
 	}
 	n.tasks[t.addr] = t
 	n.mu.Unlock()
+	if err := n.addTaskAddr(t.addr); err != nil {
+		n.mu.Lock()
+		delete(n.tasks, t.addr)
+		n.mu.Unlock()
+		return nil, err
+	}
 	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
 	n.log.Info("task started", "task", t.addr, "class", d.Class, "depth", d.Depth, "expires", d.NotAfter)
 	return t, ctx.Err()

@@ -189,3 +189,20 @@ func TestForgedDelegationRefused(t *testing.T) {
 		t.Fatalf("forged task known at b: %v", err)
 	}
 }
+
+func TestTaskIDUnique(t *testing.T) {
+	o := newOrg(t, "example.org")
+	n := o.member(t, "a", o.bundle)
+	ctx := context.Background()
+	first, err := n.StartTask(ctx, node.TaskSpec{ID: "job-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.StartTask(ctx, node.TaskSpec{ID: "job-1"}); !errors.Is(err, node.ErrTaskExists) {
+		t.Fatalf("same ID twice: %v, want ErrTaskExists", err)
+	}
+	first.End()
+	if _, err := n.StartTask(ctx, node.TaskSpec{ID: "job-1"}); err != nil {
+		t.Fatalf("ID reused after End: %v", err)
+	}
+}

@@ -35,7 +35,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -80,7 +79,6 @@ type Server struct {
 	Logger *slog.Logger
 
 	badRequests atomic.Uint64
-	taskMu      sync.Mutex // held while starting a task (see startTask)
 }
 
 // Handler returns the API's HTTP handler.

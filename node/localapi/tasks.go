@@ -111,16 +111,6 @@ func (s *Server) findTask(id string) *node.Task {
 	return nil
 }
 
-// duplicate reports whether another running task has t's pseudonym.
-func (s *Server) duplicate(t *node.Task) bool {
-	for _, o := range s.Node.Tasks() {
-		if o != t && o.Pseudonym() == t.Pseudonym() {
-			return true
-		}
-	}
-	return false
-}
-
 // tasks serves GET and POST /v1/tasks.
 func (s *Server) tasks(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
@@ -179,10 +169,6 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 	}
 	spec := node.TaskSpec{ID: req.ID, Class: req.Class, Sensitivity: req.Sensitivity, Scope: req.Scope, Budget: req.Budget, TTL: req.TTL}
 
-	// One start at a time, so that two requests with the same ID cannot
-	// both pass the check below.
-	s.taskMu.Lock()
-	defer s.taskMu.Unlock()
 	if req.Parent != "" {
 		if spec.Parent = s.findTask(req.Parent); spec.Parent == nil {
 			writeError(w, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no running task %q (parent)", req.Parent))
@@ -193,15 +179,8 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 	if t != nil && err != nil {
 		t.End() // started, but the caller is gone
 	}
-	if err == nil && req.ID != "" && s.duplicate(t) {
-		// The pseudonym is a function of the ID, so only the node can tell
-		// that the ID is taken: by minting the same pseudonym.
-		t.End()
-		writeError(w, http.StatusUnprocessableEntity, CodeRefused, fmt.Sprintf("a task with this id is already running as %s", t.Pseudonym()))
-		return
-	}
 	switch {
-	case errors.Is(err, node.ErrTaskDepth):
+	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists):
 		writeError(w, http.StatusUnprocessableEntity, CodeRefused, err.Error())
 	case errors.Is(err, node.ErrNoMembership):
 		writeError(w, http.StatusConflict, CodeNoMembership, err.Error())

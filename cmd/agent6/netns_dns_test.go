@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -84,25 +82,8 @@ func TestSidecarDNSNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pair.Close()
-	caDir := filepath.Join(t.TempDir(), "ca")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("agent6 %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	run("ca", "init", "--trust-domain", "example.org", "--out", caDir)
-	a, b := newSidecar(t, bin, pair.A), newSidecar(t, bin, pair.B)
-	run("ca", "issue", "--ca", caDir, "--key", a.key, "--name", "planner", "--out", filepath.Join(a.dir, "agent.crt"))
-	run("ca", "issue", "--ca", caDir, "--key", b.key, "--name", "tool", "--out", filepath.Join(b.dir, "agent.crt"))
-	creds := fmt.Sprintf("credential: agent.crt\ntrust_bundle: %s\n", filepath.Join(caDir, "ca.crt"))
-	a.start(t, creds)
-	b.start(t, creds+fmt.Sprintf("join: [%q]\n", run("invite", "--socket", a.socket)))
-	eventually(t, 30*time.Second, "the sidecars admitting each other", func() bool {
-		return a.peers(t)[b.addr.String()].State == "alive" && b.peers(t)[a.addr.String()].State == "alive"
-	})
+	cars, _ := orgSidecars(t, bin, []*netns.NS{pair.A, pair.B}, []string{"planner", "tool"})
+	a, b := cars[0], cars[1]
 
 	type check struct{ query, want string }
 	for _, side := range []struct {
@@ -133,11 +114,11 @@ func TestSidecarDNSNetns(t *testing.T) {
 			}
 		}
 	}
-	out := run("discover", "--socket", b.socket)
+	out := cli(t, bin, "discover", "--socket", b.socket)
 	if !strings.Contains(out, a.addr.String()) || !strings.Contains(out, "spiffe://example.org/agent/planner") || !strings.Contains(out, "allow") {
 		t.Errorf("discover at b:\n%s", out)
 	}
-	out = run("whois", a.addr.String(), "--socket", b.socket)
+	out = cli(t, bin, "whois", a.addr.String(), "--socket", b.socket)
 	if !strings.Contains(out, "spiffe://example.org/agent/planner") {
 		t.Errorf("whois at b:\n%s", out)
 	}

@@ -43,6 +43,55 @@ func (s *sidecar) wgPeers(t *testing.T) map[string]bool {
 	return m
 }
 
+// cli runs the agent6 binary outside any namespace (key, CA and LocalAPI
+// commands), failing the test on error.
+func cli(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("agent6 %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// orgSidecars starts one sidecar per namespace, each with a credential
+// from one CA (trust domain example.org) under the given agent name: the
+// first is the seed, the others join through its token. It returns once
+// every sidecar admits every other, with the token.
+func orgSidecars(t *testing.T, bin string, nss []*netns.NS, names []string) ([]*sidecar, string) {
+	t.Helper()
+	caDir := filepath.Join(t.TempDir(), "ca")
+	cli(t, bin, "ca", "init", "--trust-domain", "example.org", "--out", caDir)
+	cars := make([]*sidecar, len(nss))
+	for i, ns := range nss {
+		cars[i] = newSidecar(t, bin, ns)
+		cli(t, bin, "ca", "issue", "--ca", caDir, "--key", cars[i].key, "--name", names[i], "--out", filepath.Join(cars[i].dir, "agent.crt"))
+	}
+	creds := fmt.Sprintf("credential: agent.crt\ntrust_bundle: %s\n", filepath.Join(caDir, "ca.crt"))
+	cars[0].start(t, creds)
+	token := cli(t, bin, "invite", "--socket", cars[0].socket)
+	for _, s := range cars[1:] {
+		s.start(t, creds+fmt.Sprintf("join: [%q]\n", token))
+	}
+	eventually(t, 30*time.Second, "the sidecars admitting each other", allAlive(t, cars))
+	return cars, token
+}
+
+// allAlive reports whether every sidecar lists every other as alive.
+func allAlive(t *testing.T, cars []*sidecar) func() bool {
+	return func() bool {
+		for _, s := range cars {
+			p := s.peers(t)
+			for _, o := range cars {
+				if o != s && p[o.addr.String()].State != "alive" {
+					return false
+				}
+			}
+		}
+		return true
+	}
+}
+
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -70,48 +119,12 @@ func TestMembershipNetns(t *testing.T) {
 	}
 	defer lan.Close()
 
-	caDir := filepath.Join(t.TempDir(), "ca")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("agent6 %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	run("ca", "init", "--trust-domain", "example.org", "--out", caDir)
-	cars := make([]*sidecar, 4)
-	for i, ns := range lan.Nodes {
-		cars[i] = newSidecar(t, bin, ns)
-		run("ca", "issue", "--ca", caDir, "--key", cars[i].key, "--name", fmt.Sprintf("agent-%d", i), "--out", filepath.Join(cars[i].dir, "agent.crt"))
-	}
-	creds := func(s *sidecar) string {
-		return fmt.Sprintf("credential: agent.crt\ntrust_bundle: %s\n", filepath.Join(caDir, "ca.crt"))
-	}
-	cars[0].start(t, creds(cars[0]))
-	token := run("invite", "--socket", cars[0].socket)
+	names := []string{"agent-0", "agent-1", "agent-2", "agent-3"}
+	cars, token := orgSidecars(t, bin, lan.Nodes, names)
 	if !strings.HasPrefix(token, "agent6://"+cars[0].pubkey+"@"+lan.Nodes[0].Addr.String()+":51820") {
 		t.Fatalf("invite printed %q", token)
 	}
-	join := fmt.Sprintf("join: [%q]\n", token)
-	for _, s := range cars[1:] {
-		s.start(t, creds(s)+join)
-	}
-
-	allAlive := func(of []*sidecar) func() bool {
-		return func() bool {
-			for _, s := range of {
-				p := s.peers(t)
-				for _, o := range of {
-					if o != s && p[o.addr.String()].State != "alive" {
-						return false
-					}
-				}
-			}
-			return true
-		}
-	}
-	took := eventually(t, 30*time.Second, "four sidecars admitting each other", allAlive(cars))
+	took := eventually(t, 30*time.Second, "four sidecars admitting each other", allAlive(t, cars))
 	t.Logf("4 sidecars converged in %v", took.Round(time.Millisecond))
 	for _, s := range cars {
 		for _, o := range cars {
@@ -149,8 +162,8 @@ func TestMembershipNetns(t *testing.T) {
 	t.Logf("kill -9 seen as dead, WireGuard peer removed, after %v", took.Round(time.Millisecond))
 
 	// Restarted with the same key, it rejoins.
-	victim.start(t, creds(victim)+join)
-	took = eventually(t, 60*time.Second, "the restarted sidecar readmitted", allAlive(cars))
+	victim.start(t, victim.extra)
+	took = eventually(t, 60*time.Second, "the restarted sidecar readmitted", allAlive(t, cars))
 	t.Logf("restarted sidecar readmitted in %v", took.Round(time.Millisecond))
 	if out, err := cars[1].ns.Run(ctx, "ping", "-6", "-c", "1", "-W", "5", victim.addr.String()); err != nil {
 		t.Fatalf("ping6 to the restarted sidecar: %v\n%s", err, out)

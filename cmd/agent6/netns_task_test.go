@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -105,25 +104,8 @@ func TestSidecarTaskNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pair.Close()
-	caDir := filepath.Join(t.TempDir(), "ca")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("agent6 %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	run("ca", "init", "--trust-domain", "example.org", "--out", caDir)
-	a, b := newSidecar(t, bin, pair.A), newSidecar(t, bin, pair.B)
-	run("ca", "issue", "--ca", caDir, "--key", a.key, "--name", "planner", "--out", filepath.Join(a.dir, "agent.crt"))
-	run("ca", "issue", "--ca", caDir, "--key", b.key, "--name", "tool", "--out", filepath.Join(b.dir, "agent.crt"))
-	creds := fmt.Sprintf("credential: agent.crt\ntrust_bundle: %s\n", filepath.Join(caDir, "ca.crt"))
-	a.start(t, creds)
-	b.start(t, creds+fmt.Sprintf("join: [%q]\n", run("invite", "--socket", a.socket)))
-	eventually(t, 30*time.Second, "the sidecars admitting each other", func() bool {
-		return a.peers(t)[b.addr.String()].State == "alive" && b.peers(t)[a.addr.String()].State == "alive"
-	})
+	cars, _ := orgSidecars(t, bin, []*netns.NS{pair.A, pair.B}, []string{"planner", "tool"})
+	a, b := cars[0], cars[1]
 
 	// B's service, on B's overlay address.
 	service := netip.AddrPortFrom(b.addr, 8080).String()
@@ -169,7 +151,7 @@ func TestSidecarTaskNetns(t *testing.T) {
 		t.Fatalf("the service answered:\n%s\nwant %q", out, want)
 	}
 	var who node.WhoIsResult
-	if err := json.Unmarshal([]byte(run("whois", "--json", task.Addr.String(), "--socket", b.socket)), &who); err != nil ||
+	if err := json.Unmarshal([]byte(cli(t, bin, "whois", "--json", task.Addr.String(), "--socket", b.socket)), &who); err != nil ||
 		who.Task == nil || who.Task.Pseudonym != task.ID || who.Task.Owner != a.addr || who.Task.Sensitivity != "low" {
 		t.Fatalf("whois at b: %+v, %v", who, err)
 	}
@@ -178,7 +160,7 @@ func TestSidecarTaskNetns(t *testing.T) {
 	if out, err := pair.A.Run(ctx, bin, "task", "end", task.ID, "--socket", a.socket); err != nil {
 		t.Fatalf("task end: %v\n%s", err, out)
 	}
-	if out := run("task", "list", "--json", "--socket", a.socket); out != "[]" {
+	if out := cli(t, bin, "task", "list", "--json", "--socket", a.socket); out != "[]" {
 		t.Errorf("task list after end: %s", out)
 	}
 	if out, err := pair.A.Run(ctx, "ip", "-6", "addr", "show", "dev", "agent6"); err != nil || strings.Contains(string(out), task.Addr.String()) {

@@ -64,6 +64,7 @@ type sidecar struct {
 	pubkey string
 	cmd    *exec.Cmd
 	log    bytes.Buffer
+	extra  string // the config lines of the last start
 }
 
 func newSidecar(t *testing.T, bin string, ns *netns.NS) *sidecar {
@@ -90,6 +91,7 @@ func newSidecar(t *testing.T, bin string, ns *netns.NS) *sidecar {
 // given static peers.
 func (s *sidecar) start(t *testing.T, extra string, peers ...*sidecar) {
 	t.Helper()
+	s.extra = extra
 	cfg := fmt.Sprintf("key: agent.key\nlisten_port: 51820\ntun: agent6\nmtu: 1420\nlocalapi: %s\nlog_level: debug\n%speers:\n", s.socket, extra)
 	for _, p := range peers {
 		cfg += fmt.Sprintf("  - public_key: %q\n    endpoint: %q\n", p.pubkey, netip.AddrPortFrom(p.ns.Addr, 51820))

@@ -47,6 +47,7 @@ bench: build
 	$(GO) test ./overlay -run '^$$' -bench . -benchtime 2s -count 5 | tee bench/filter.txt
 	./bin/netbench -bin bin -out bench/RESULTS.md $(BENCHFLAGS)
 	$(GO) run ./bench/cmd/gossipbench -out bench/RESULTS.md
+	$(GO) run ./bench/cmd/taskbench -out bench/RESULTS.md
 
 clean:
 	rm -rf bin

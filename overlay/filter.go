@@ -33,6 +33,9 @@ const (
 	// DropUndelivered: a task's packet held for a peer that never
 	// acknowledged the task's delegation (or too many were held).
 	DropUndelivered
+	// DropTaskEnded: a packet from or to a task that has ended, such as
+	// the tail of its last connections; expected, so not logged.
+	DropTaskEnded
 	numDropReasons
 )
 
@@ -43,6 +46,7 @@ var dropReasonNames = [numDropReasons]string{
 	DropForeignDestination: "foreign_destination",
 	DropPeerSpoofedSource:  "peer_spoofed_source",
 	DropUndelivered:        "task_undelivered",
+	DropTaskEnded:          "task_ended",
 }
 
 func (r DropReason) String() string {
@@ -154,7 +158,8 @@ func (f *Filter) SetLocal(a netip.Addr) {
 	defer f.localMu.Unlock()
 	next := &localSet{primary: a.As16()}
 	if old := f.local.Load(); old != nil {
-		next.tasks = old.tasks
+		next = old.clone(time.Now())
+		next.primary = a.As16()
 	}
 	f.local.Store(next)
 }
@@ -214,6 +219,9 @@ func (f *Filter) filterOut(bufs [][]byte, sizes []int, n, offset int) {
 			task := local.tasks[info.src]
 			if task == nil {
 				reason := DropSpoofedSource
+				if _, ok := local.ended[info.src]; ok {
+					reason = DropTaskEnded
+				}
 				if !overlayAddr(&info.src) || !overlayAddr(&info.dst) {
 					reason = DropNotOverlay
 				}
@@ -259,7 +267,11 @@ func (f *Filter) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		if info.dst != local.primary && local.tasks[info.dst] == nil {
-			f.drop(DropForeignDestination, &info, true)
+			reason := DropForeignDestination
+			if _, ok := local.ended[info.dst]; ok {
+				reason = DropTaskEnded
+			}
+			f.drop(reason, &info, true)
 			continue
 		}
 		key := flowKey{local: info.dst, remote: info.src, lport: info.dport, rport: info.sport, proto: info.proto}
@@ -321,7 +333,7 @@ func (f *Filter) logDue(r DropReason) bool {
 // dropLogEvery.
 func (f *Filter) drop(r DropReason, info *packetInfo, parsed bool) {
 	n := f.drops[r].Add(1)
-	if r == DropNotOverlay {
+	if r == DropNotOverlay || r == DropTaskEnded {
 		return
 	}
 	if !f.logDue(r) {

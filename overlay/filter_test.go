@@ -316,11 +316,16 @@ func TestFilterTaskHold(t *testing.T) {
 	if f.Drops(DropUndelivered) != 1 {
 		t.Fatalf("undelivered drops = %d, want 1", f.Drops(DropUndelivered))
 	}
-	// A removed task address is a spoofed source again.
+	// A removed task address sends nothing: the tail of its connections
+	// is counted as such, not as spoofing.
 	f.RemoveTask(task)
 	fake.toRead = [][]byte{udp6(task, remote, 1, 2, 0)}
 	f.Read(bufs, sizes, off)
-	if sizes[0] != 0 || f.Drops(DropSpoofedSource) != 1 {
-		t.Fatalf("removed task still sends: size %d, spoofed drops %d", sizes[0], f.Drops(DropSpoofedSource))
+	if sizes[0] != 0 || f.Drops(DropTaskEnded) != 1 || f.Drops(DropSpoofedSource) != 0 {
+		t.Fatalf("removed task: size %d, ended drops %d, spoofed drops %d", sizes[0], f.Drops(DropTaskEnded), f.Drops(DropSpoofedSource))
+	}
+	f.Write(batch(udp6(remote, task, 2, 1, 0)), off)
+	if f.Drops(DropTaskEnded) != 2 {
+		t.Fatal("inbound packet to an ended task not counted as such")
 	}
 }

@@ -15,6 +15,27 @@ import (
 type localSet struct {
 	primary [16]byte
 	tasks   map[[16]byte]*taskAddr
+	// ended remembers recently removed task addresses (until the time
+	// given), so that the tail of their connections is counted as such
+	// rather than as spoofing.
+	ended map[[16]byte]time.Time
+}
+
+// endedGrace is how long a removed task address is remembered.
+const endedGrace = 2 * time.Minute
+
+// clone copies s for a change, pruning old ended entries.
+func (s *localSet) clone(now time.Time) *localSet {
+	next := &localSet{primary: s.primary, tasks: make(map[[16]byte]*taskAddr, len(s.tasks)+1), ended: make(map[[16]byte]time.Time, len(s.ended))}
+	for k, v := range s.tasks {
+		next.tasks[k] = v
+	}
+	for k, until := range s.ended {
+		if now.Before(until) {
+			next.ended[k] = until
+		}
+	}
+	return next
 }
 
 // taskAddr is a task's address on this node. A peer may only receive the
@@ -47,11 +68,8 @@ func (t *taskAddr) delivered(dst [16]byte) bool {
 func (f *Filter) AddTask(addr netip.Addr) {
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
-	old := f.local.Load()
-	next := &localSet{primary: old.primary, tasks: make(map[[16]byte]*taskAddr, len(old.tasks)+1)}
-	for k, v := range old.tasks {
-		next.tasks[k] = v
-	}
+	next := f.local.Load().clone(time.Now())
+	delete(next.ended, addr.As16())
 	if _, ok := next.tasks[addr.As16()]; !ok {
 		next.tasks[addr.As16()] = &taskAddr{addr: addr, pending: make(map[[16]byte][][]byte)}
 	}
@@ -67,12 +85,10 @@ func (f *Filter) RemoveTask(addr netip.Addr) {
 	if t == nil {
 		return
 	}
-	next := &localSet{primary: old.primary, tasks: make(map[[16]byte]*taskAddr, len(old.tasks))}
-	for k, v := range old.tasks {
-		if k != addr.As16() {
-			next.tasks[k] = v
-		}
-	}
+	now := time.Now()
+	next := old.clone(now)
+	delete(next.tasks, addr.As16())
+	next.ended[addr.As16()] = now.Add(endedGrace)
 	f.local.Store(next)
 	t.mu.Lock()
 	for _, held := range t.pending {

@@ -371,11 +371,10 @@ func (n *Node) dial(ctx context.Context, network string, ap netip.AddrPort) (net
 	switch network {
 	case "tcp", "tcp6":
 		if n.tnet != nil {
-			c, err := n.tnet.DialTCP(ctx, ap)
-			if err != nil {
-				return nil, err
-			}
-			return c, nil
+			// Bind the agent's address: left to itself the stack would pick
+			// the local address with the longest prefix in common with the
+			// destination, which may be one of the agent's tasks.
+			return n.tnet.DialTCPFrom(ctx, netip.AddrPortFrom(local, 0), ap)
 		}
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
 		return d.DialContext(ctx, "tcp6", ap.String())

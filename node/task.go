@@ -114,12 +114,15 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 		return nil, err
 	}
 	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, rec.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
+	// The expiry timer exists before anyone else can see the task.
+	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
 	// Register first, so that the same ID cannot start twice (its
 	// pseudonym, the task's public name, would be ambiguous).
 	n.mu.Lock()
 	for _, o := range n.tasks {
 		if o.info.Pseudonym == pseudonym {
 			n.mu.Unlock()
+			t.timer.Stop()
 			return nil, fmt.Errorf("%w (as %s)", ErrTaskExists, pseudonym)
 		}
 	}
@@ -129,12 +132,12 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	n.tasks[t.addr] = t
 	n.mu.Unlock()
 	if err := n.addTaskAddr(t.addr); err != nil {
+		t.timer.Stop()
 		n.mu.Lock()
 		delete(n.tasks, t.addr)
 		n.mu.Unlock()
 		return nil, err
 	}
-	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
 	n.log.Info("task started", "task", t.addr, "class", d.Class, "depth", d.Depth, "expires", d.NotAfter)
 	return t, ctx.Err()
 }

@@ -86,6 +86,19 @@ func TestTaskAcrossNodes(t *testing.T) {
 		who.Task.Pseudonym != task.Pseudonym() || who.Task.Pseudonym == "order-42" || who.Task.Depth != 1 {
 		t.Fatalf("callee WhoIs(task) = %+v task %+v", who, who.Task)
 	}
+	// With tasks alive, the agent's own connections still leave from the
+	// agent's address (the stack must not pick a task address).
+	for range 5 {
+		extra, err := planner.StartTask(ctx, node.TaskSpec{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer extra.End()
+	}
+	if reply, err := call(ctx, planner.Dial, tool.Addr()); err != nil || reply != "hello "+planner.Addr().String() {
+		t.Fatalf("agent call while tasks exist: %q, %v", reply, err)
+	}
+	<-seen
 	// The caller side can ask too.
 	if w, err := planner.WhoIs(task.Addr()); err != nil || w.Task == nil || !w.Self {
 		t.Fatalf("caller WhoIs(task) = %+v, %v", w, err)

@@ -67,6 +67,7 @@ type Device struct {
 	addr   netip.Addr
 	log    *slog.Logger
 
+	mu        sync.Mutex // serialises SetPeer's read-modify-write of AllowedIPs
 	closeOnce sync.Once
 }
 
@@ -145,13 +146,38 @@ func (d *Device) ListenPort() (uint16, error) {
 	return st.listenPort, nil
 }
 
-// SetPeer adds the peer, or updates it if the key is already a peer.
+// SetPeer adds the peer, or updates it if the key is already a peer. An
+// existing peer's AllowedIPs are changed prefix by prefix (never cleared
+// and refilled), so its traffic flows on while tasks come and go.
 func (d *Device) SetPeer(p PeerConfig) error {
 	if p.PublicKey.IsZero() {
 		return errors.New("overlay: peer public key is required")
 	}
 	if p.PersistentKeepalive < 0 || p.PersistentKeepalive > 65535*time.Second {
 		return fmt.Errorf("overlay: peer %s: persistent keepalive %v out of range", p.PublicKey.ShortString(), p.PersistentKeepalive)
+	}
+	allowed := p.AllowedIPs
+	if len(allowed) == 0 {
+		allowed = []netip.Prefix{netip.PrefixFrom(p.PublicKey.Addr(), 128)}
+	}
+	want := make(map[netip.Prefix]bool, len(allowed))
+	for _, pfx := range allowed {
+		if !pfx.IsValid() {
+			return fmt.Errorf("overlay: peer %s: invalid allowed prefix", p.PublicKey.ShortString())
+		}
+		want[pfx.Masked()] = true
+	}
+	d.mu.Lock() // one peer update at a time: the diff below must not interleave
+	defer d.mu.Unlock()
+	have := map[netip.Prefix]bool{}
+	if st, err := d.get(); err == nil {
+		for _, ps := range st.peers {
+			if ps.PublicKey.Equal(p.PublicKey) {
+				for _, a := range ps.AllowedIPs {
+					have[a] = true
+				}
+			}
+		}
 	}
 	raw := p.PublicKey.Raw()
 	var b strings.Builder
@@ -160,21 +186,20 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 	}
 	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.PersistentKeepalive/time.Second))
-	b.WriteString("replace_allowed_ips=true\n")
-	allowed := p.AllowedIPs
-	if len(allowed) == 0 {
-		allowed = []netip.Prefix{netip.PrefixFrom(p.PublicKey.Addr(), 128)}
-	}
-	for _, pfx := range allowed {
-		if !pfx.IsValid() {
-			return fmt.Errorf("overlay: peer %s: invalid allowed prefix", p.PublicKey.ShortString())
+	for pfx := range want {
+		if !have[pfx] {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", pfx)
 		}
-		fmt.Fprintf(&b, "allowed_ip=%s\n", pfx.Masked())
+	}
+	for pfx := range have {
+		if !want[pfx] {
+			fmt.Fprintf(&b, "allowed_ip=-%s\n", pfx)
+		}
 	}
 	if err := d.wg.IpcSet(b.String()); err != nil {
 		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
 	}
-	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint)
+	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint, "allowed", len(want))
 	return nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -105,12 +107,15 @@ func (p *Pair) FirstByte(ctx context.Context, n int) (FirstByteResult, error) {
 	}
 	agentCall := func() {
 		t0 := time.Now()
-		_, at, err := p.hello(ctx, p.A.Dial)
-		if err != nil {
+		from, at, err := p.hello(ctx, p.A.Dial)
+		switch {
+		case err != nil:
 			fail(fmt.Errorf("agent call: %w", err))
-			return
+		case from != p.A.Addr():
+			fail(fmt.Errorf("agent call came from %s, not A's %s", from, p.A.Addr()))
+		default:
+			agent = append(agent, at.Sub(t0))
 		}
-		agent = append(agent, at.Sub(t0))
 	}
 	for i := range n {
 		if ctx.Err() != nil {
@@ -197,10 +202,24 @@ func (p *Pair) WhoIs(n int, task netip.Addr) (WhoIsResult, error) {
 
 // DeliveredTask starts a task on A and makes one call from it to B, so that
 // B holds its delegation.
+//
+// A.Dial does not bind A's own address in embedded mode, so gVisor picks
+// the source by RFC 6724 (rule 8, longest matching prefix): while a task
+// whose address shares a longer prefix with B's than A's does is running,
+// A.Dial's connections to B leave from the task's address. DeliveredTask
+// therefore ends and replaces such tasks, so that A.Dial keeps A's address
+// while the task runs.
 func (p *Pair) DeliveredTask(ctx context.Context) (*node.Task, error) {
-	t, err := p.A.StartTask(ctx, node.TaskSpec{Class: "bench", TTL: time.Hour})
-	if err != nil {
-		return nil, err
+	var t *node.Task
+	for {
+		var err error
+		if t, err = p.A.StartTask(ctx, node.TaskSpec{Class: "bench", TTL: time.Hour}); err != nil {
+			return nil, err
+		}
+		if MatchingPrefix(t.Addr(), p.B.Addr()) <= MatchingPrefix(p.A.Addr(), p.B.Addr()) {
+			break
+		}
+		t.End()
 	}
 	if _, _, err := p.hello(ctx, t.Dial); err != nil {
 		t.End()
@@ -209,11 +228,25 @@ func (p *Pair) DeliveredTask(ctx context.Context) (*node.Task, error) {
 	return t, nil
 }
 
+// MatchingPrefix is the number of leading bits a and b share.
+func MatchingPrefix(a, b netip.Addr) int {
+	x, y := a.As16(), b.As16()
+	for i := range x {
+		if d := x[i] ^ y[i]; d != 0 {
+			return 8*i + bits.LeadingZeros8(d)
+		}
+	}
+	return 128
+}
+
 // Flows measures short connections to B's smallflow service: the same
 // work as smallflow.Client.Run, but dialled with Dial (node.Node.Dial or
 // node.Task.Dial) instead of the host's stack.
 type Flows struct {
 	Dial Dialer
+	// From, if valid, is the address every connection must leave from; a
+	// connection from another one fails.
+	From netip.Addr
 	// Addr is the server's [address]:port.
 	Addr string
 	// Concurrency is the number of connections in flight; default 16.
@@ -240,7 +273,7 @@ func (f *Flows) Run(ctx context.Context) (smallflow.Result, error) {
 	var wg sync.WaitGroup
 	for i := range workers {
 		w := &workers[i]
-		wg.Go(func() { w.run(ctx, f.Dial, f.Addr, size, deadline) })
+		wg.Go(func() { w.run(ctx, f, size, deadline) })
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
@@ -273,11 +306,11 @@ type flowWorker struct {
 	firstErr error
 }
 
-func (w *flowWorker) run(ctx context.Context, dial Dialer, addr string, size int, deadline time.Time) {
+func (w *flowWorker) run(ctx context.Context, f *Flows, size int, deadline time.Time) {
 	req, resp := make([]byte, size), make([]byte, size)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
 		t0 := time.Now()
-		if err := roundTrip(ctx, dial, addr, req, resp); err != nil {
+		if err := roundTrip(ctx, f, req, resp); err != nil {
 			w.errors++
 			if w.firstErr == nil {
 				w.firstErr = err
@@ -290,14 +323,17 @@ func (w *flowWorker) run(ctx context.Context, dial Dialer, addr string, size int
 
 // roundTrip is smallflow's: dial, write req, read len(resp) bytes, then
 // wait for the server's close.
-func roundTrip(ctx context.Context, dial Dialer, addr string, req, resp []byte) error {
+func roundTrip(ctx context.Context, f *Flows, req, resp []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, connTimeout)
 	defer cancel()
-	conn, err := dial(ctx, "tcp", addr)
+	conn, err := f.Dial(ctx, "tcp", f.Addr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if from := conn.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); f.From.IsValid() && from != f.From {
+		return fmt.Errorf("taskbench: connection left from %s, not %s", from, f.From)
+	}
 	dl, _ := ctx.Deadline()
 	conn.SetDeadline(dl)
 	if _, err := conn.Write(req); err != nil {

@@ -50,8 +50,8 @@ func TestMeasurements(t *testing.T) {
 		t.Fatalf("whois: %+v", w)
 	}
 
-	for _, dial := range []taskbench.Dialer{p.A.Dial, task.Dial} {
-		f := taskbench.Flows{Dial: dial, Addr: p.FlowAddr(), Concurrency: 4, Duration: 300 * time.Millisecond}
+	for _, f := range []taskbench.Flows{{Dial: p.A.Dial, From: p.A.Addr()}, {Dial: task.Dial, From: task.Addr()}} {
+		f.Addr, f.Concurrency, f.Duration = p.FlowAddr(), 4, 300*time.Millisecond
 		r, err := f.Run(ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -339,7 +339,10 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	if state == "dead" {
 		p.deadSince = time.Now()
 	}
-	p.tasks = nil // a node that comes back delivers its tasks again
+	for t := range p.tasks { // a node that comes back delivers its tasks again
+		delete(m.taskOwner, t)
+	}
+	p.tasks = nil
 	key := p.rec.wgKey
 	m.mu.Unlock()
 	if !was {

@@ -36,6 +36,7 @@ var ErrNotPeer = errors.New("membership: destination is not an admitted agent or
 // remoteTask is a peer's task this node has accepted.
 type remoteTask struct {
 	chain []*identity.Delegation // root first; the last is the task
+	info  TaskInfo               // computed once: WhoIs is on hot paths
 }
 
 func (t *remoteTask) leaf() *identity.Delegation { return t.chain[len(t.chain)-1] }
@@ -161,19 +162,18 @@ func (m *Membership) handleTaskFrame(from netip.AddrPort, b []byte) {
 		m.refuse(refusal(ReasonAddrConflict, fmt.Errorf("task address %s is an agent's", task)))
 		return
 	}
-	for a, q := range m.peers {
-		if _, taken := q.tasks[task]; taken && a != from.Addr() {
-			m.mu.Unlock()
-			m.refuse(refusal(ReasonAddrConflict, fmt.Errorf("task address %s is held by %s", task, a)))
-			return
-		}
+	if a, taken := m.taskOwner[task]; taken && a != from.Addr() {
+		m.mu.Unlock()
+		m.refuse(refusal(ReasonAddrConflict, fmt.Errorf("task address %s is held by %s", task, a)))
+		return
 	}
 	_, known := p.tasks[task]
 	if !known {
 		if p.tasks == nil {
 			p.tasks = make(map[netip.Addr]*remoteTask)
 		}
-		p.tasks[task] = &remoteTask{chain: chain}
+		p.tasks[task] = &remoteTask{chain: chain, info: InfoOf(chain)}
+		m.taskOwner[task] = from.Addr()
 	}
 	key, ep := p.rec.wgKey, p.endpoint
 	m.mu.Unlock()
@@ -270,6 +270,7 @@ func (m *Membership) dropTask(owner, task netip.Addr) {
 		return
 	}
 	delete(p.tasks, task)
+	delete(m.taskOwner, task)
 	key, ep, admitted := p.rec.wgKey, p.endpoint, p.admitted
 	m.mu.Unlock()
 	if admitted {
@@ -356,8 +357,8 @@ func (m *Membership) ownerOf(dst netip.Addr) (netip.Addr, bool) {
 	if p := m.peers[dst]; p != nil && p.admitted {
 		return dst, true
 	}
-	for a, p := range m.peers {
-		if _, ok := p.tasks[dst]; ok && p.admitted {
+	if a, ok := m.taskOwner[dst]; ok {
+		if p := m.peers[a]; p != nil && p.admitted {
 			return a, true
 		}
 	}
@@ -368,10 +369,12 @@ func (m *Membership) ownerOf(dst netip.Addr) (netip.Addr, bool) {
 func (m *Membership) LookupTask(addr netip.Addr) (TaskInfo, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, p := range m.peers {
-		if t := p.tasks[addr]; t != nil {
-			return InfoOf(t.chain), true
-		}
+	owner, ok := m.taskOwner[addr]
+	if !ok {
+		return TaskInfo{}, false
+	}
+	if t := m.peers[owner].tasks[addr]; t != nil {
+		return t.info, true
 	}
 	return TaskInfo{}, false
 }

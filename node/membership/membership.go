@@ -148,9 +148,10 @@ type Membership struct {
 	metaCache  map[string]*meta
 	metaByAddr map[netip.Addr]string
 
-	tasksvc *taskService
-	leaving atomic.Bool     // set by Leave
-	rejoin  chan netip.Addr // revived peers to push/pull with
+	tasksvc   *taskService
+	taskOwner map[netip.Addr]netip.Addr // accepted task address → owning agent
+	leaving   atomic.Bool               // set by Leave
+	rejoin    chan netip.Addr           // revived peers to push/pull with
 
 	refusals sync.Map // Reason → *atomic.Uint64
 	hellos   atomic.Uint64
@@ -242,6 +243,7 @@ func New(cfg Config) (*Membership, error) {
 		rejoin:  make(chan netip.Addr, 64),
 
 		metaCache:  make(map[string]*meta),
+		taskOwner:  make(map[netip.Addr]netip.Addr),
 		metaByAddr: make(map[netip.Addr]string),
 		done:       make(chan struct{}),
 	}

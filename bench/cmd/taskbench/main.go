@@ -123,8 +123,8 @@ func run(ctx context.Context, c config) error {
 	// connections faster than later ones (the server's TIME_WAIT state
 	// builds up), so both sources run unmeasured first.
 	if c.warmup > 0 {
-		for _, dial := range []taskbench.Dialer{p.A.Dial, task.Dial} {
-			f := taskbench.Flows{Dial: dial, Addr: p.FlowAddr(), Concurrency: c.conc, Duration: c.warmup}
+		for _, f := range []taskbench.Flows{{Dial: p.A.Dial, From: p.A.Addr()}, {Dial: task.Dial, From: task.Addr()}} {
+			f.Addr, f.Concurrency, f.Duration = p.FlowAddr(), c.conc, c.warmup
 			res, err := f.Run(ctx)
 			if err != nil {
 				return err
@@ -141,10 +141,10 @@ func run(ctx context.Context, c config) error {
 			order = []bool{true, false}
 		}
 		for _, fromTask := range order {
-			f := taskbench.Flows{Dial: p.A.Dial, Addr: p.FlowAddr(), Concurrency: c.conc, Duration: c.dur}
+			f := taskbench.Flows{Dial: p.A.Dial, From: p.A.Addr(), Addr: p.FlowAddr(), Concurrency: c.conc, Duration: c.dur}
 			name := "agent"
 			if fromTask {
-				f.Dial, name = task.Dial, "task"
+				f.Dial, f.From, name = task.Dial, task.Addr(), "task"
 			}
 			cpu0 := processCPU()
 			sr, err := f.Run(ctx)

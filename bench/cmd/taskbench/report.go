@@ -47,7 +47,10 @@ func (r *results) report() string {
 		"for A's address and for that of a task B accepted. "+
 		"*Small flows*: as `smallflow` (new TCP connection per request, %d B request, %d B reply, server closes), "+
 		"%d in flight for %v, %d runs per source, alternating (agent first in even runs, task first in odd ones)%s, "+
-		"from A's address and from one task's address (started, and its delegation delivered, before); "+
+		"from A's address and from one task's address (started, and its delegation delivered, before); every connection's "+
+		"source address is checked. `A.Dial` does not bind A's address in embedded mode, so gVisor picks the source by "+
+		"longest matching prefix (RFC 6724 rule 8) and would use the task's address for B if it shared a longer prefix "+
+		"with B's than A's does: the task is chosen (restarted until) it does not. "+
 		"figures are the medians of the runs, latency is from the dial to the server's close.\n\n",
 		c.n, c.whois, smallflow.Size, smallflow.Size, c.conc, c.dur, c.repeats, warm)
 
@@ -91,11 +94,8 @@ func (r *results) report() string {
 
 	fmt.Fprintf(&w, "At the end, A's filter drops: %s; B's: %s; B's membership refusals: %s.\n",
 		counts(r.dropsA), counts(r.dropsB), counts(r.refusedB))
-	if r.dropsA["spoofed_source"] > 0 || r.dropsA["foreign_destination"] > 0 {
-		fmt.Fprintf(&w, "A's spoofed_source drops are packets its netstack sent from a task's address after `Task.End` "+
-			"had removed it from the filter, the tail of the task's just-closed connection (each first-byte call ends its "+
-			"task right after closing the connection); its foreign_destination drops are B's packets to ended tasks.\n")
-	}
+	fmt.Fprintf(&w, "A's task_ended drops are the tails of the first-byte calls' connections (each call ends its task right "+
+		"after closing the connection): A's packets from, and B's to, tasks already ended.\n")
 
 	fmt.Fprintf(&w, "\n## Task benchmark runs\n\nSmall flows, every run in order: conn/s (p50 ms, p99 ms, CPU µs per connection, failed).\n\n")
 	fmt.Fprintf(&w, "| Source | %s |\n|%s\n", strings.Join(runHeaders(c.repeats), " | "), strings.Repeat(" --- |", c.repeats+1))

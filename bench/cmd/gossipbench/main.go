@@ -15,6 +15,8 @@
 package main
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -299,10 +301,10 @@ func (b *bench) finish(out string) error {
 	if err := os.WriteFile(filepath.Join(b.logDir, "results.json"), raw, 0o644); err != nil {
 		return err
 	}
-	report := b.report()
-	fmt.Print(report)
+	text := b.report()
+	fmt.Print(text)
 	if out != "" {
-		if err := writeSection(out, report); err != nil {
+		if err := report.WriteSection(out, sectionTitle, text); err != nil {
 			return err
 		}
 		log.Printf("wrote %s", out)

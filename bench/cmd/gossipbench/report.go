@@ -1,11 +1,11 @@
 package main
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"bytes"
 	"fmt"
 	"maps"
-	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -94,10 +94,10 @@ func (b *bench) report() string {
 	var w bytes.Buffer
 	fmt.Fprintf(&w, "%s\n\n", sectionTitle)
 	fmt.Fprintf(&w, "- Date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&w, "- Command: %s\n", command())
-	fmt.Fprintf(&w, "- Machine: %d CPUs (`nproc`), %s, %.0f GiB RAM, kernel %s\n", runtime.NumCPU(), cpuModel(), memTotalGiB(), kernel())
+	fmt.Fprintf(&w, "- Command: %s\n", report.Command())
+	fmt.Fprintf(&w, "- Machine: %d CPUs (`nproc`), %s, %.0f GiB RAM, kernel %s\n", runtime.NumCPU(), report.CPUModel(), report.MemTotalGiB(), report.Kernel())
 	fmt.Fprintf(&w, "- Load average (1, 5, 15 min) at start: %s; at end: %s; the run took %.0f s\n", b.loadStart, b.loadEnd, b.wall.Seconds())
-	fmt.Fprintf(&w, "- Software: %s, memberlist %s, agent6 %s\n", runtime.Version(), memberlistVersion(), agent6Version())
+	fmt.Fprintf(&w, "- Software: %s, memberlist %s, agent6 %s\n", runtime.Version(), memberlistVersion(), report.Agent6Version())
 	fmt.Fprintf(&w, "- Largest size that converged: %s\n", b.largest())
 	fmt.Fprintf(&w, "\n")
 
@@ -375,73 +375,6 @@ func tuningName(t string) string {
 	return "`memberlist.DefaultLANConfig()` with node/cluster_test.go's fast timings (`-gossip fast`)"
 }
 
-// writeSection replaces gossipbench's section of the file at path, from
-// its title to the next top-level heading, or appends it; the rest of the
-// file (netbench's section) is kept.
-func writeSection(path, section string) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	text := string(old)
-	before, after := text, ""
-	if i := strings.Index(text, sectionTitle+"\n"); i >= 0 && (i == 0 || text[i-1] == '\n') {
-		before, after = text[:i], text[i+len(sectionTitle):]
-		if j := strings.Index(after, "\n# "); j >= 0 {
-			after = after[j+1:]
-		} else {
-			after = ""
-		}
-	}
-	before = strings.TrimRight(before, "\n")
-	if before != "" {
-		before += "\n\n"
-	}
-	if after != "" {
-		after = "\n" + after
-	}
-	return os.WriteFile(path, []byte(before+strings.TrimRight(section, "\n")+"\n"+after), 0o644)
-}
-
-// command describes how gossipbench was run.
-func command() string {
-	c := "`" + strings.Join(os.Args, " ") + "`"
-	if os.Getenv("MAKELEVEL") != "" {
-		return "`make bench`, which ran " + c
-	}
-	return c
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for line := range strings.Lines(string(b)) {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
-}
-
-func memTotalGiB() float64 {
-	b, _ := os.ReadFile("/proc/meminfo")
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			var kb float64
-			fmt.Sscanf(strings.TrimSpace(v), "%f", &kb)
-			return kb / (1 << 20)
-		}
-	}
-	return 0
-}
-
-func kernel() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
-}
-
 func memberlistVersion() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
@@ -453,18 +386,4 @@ func memberlistVersion() string {
 		}
 	}
 	return "(unknown)"
-}
-
-// agent6Version names the tree this was built from: the commit, if git
-// knows it, and whether the tree had uncommitted changes.
-func agent6Version() string {
-	rev, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "(this tree)"
-	}
-	v := "at commit " + strings.TrimSpace(string(rev))
-	if dirty, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(dirty) > 0 {
-		v += " with uncommitted changes"
-	}
-	return v
 }

@@ -15,6 +15,8 @@
 package main
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -148,7 +150,7 @@ func (b *bench) run(ctx context.Context, out string) (err error) {
 	}
 	defer os.RemoveAll(b.tmp)
 	log.Printf("logs and raw results in %s", b.logDir)
-	b.loadStart = loadAvg()
+	b.loadStart = report.LoadAvg()
 
 	if b.pair, err = netns.NewPair(ctx, "a6b"); err != nil {
 		return err
@@ -211,10 +213,10 @@ func (b *bench) run(ctx context.Context, out string) (err error) {
 	if err := os.WriteFile(filepath.Join(b.logDir, "samples.json"), raw, 0o644); err != nil {
 		return err
 	}
-	report := b.report()
-	fmt.Print(report)
+	text := b.report()
+	fmt.Print(text)
 	if out != "" {
-		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+		if err := report.WriteSection(out, sectionTitle, text); err != nil {
 			return err
 		}
 		log.Printf("wrote %s", out)

@@ -1,11 +1,12 @@
 package main
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"bytes"
 	"debug/buildinfo"
 	"fmt"
 	"math"
-	"os"
 	"os/exec"
 	"runtime"
 	"runtime/debug"
@@ -13,6 +14,9 @@ import (
 	"strings"
 	"time"
 )
+
+// sectionTitle heads netbench's section of bench/RESULTS.md.
+const sectionTitle = "# Agent6 network benchmark"
 
 // row is one line of the results table: a figure for each path.
 type row struct {
@@ -100,14 +104,14 @@ func (b *bench) rows() []row {
 // report renders the results as Markdown.
 func (b *bench) report() string {
 	var w bytes.Buffer
-	fmt.Fprintf(&w, "# Agent6 network benchmark\n\n")
+	fmt.Fprintf(&w, "%s\n\n", sectionTitle)
 	fmt.Fprintf(&w, "- Date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&w, "- Command: %s\n", command())
-	fmt.Fprintf(&w, "- Machine: %d CPUs (`nproc`), %s, kernel %s\n", runtime.NumCPU(), cpuModel(), kernel())
-	fmt.Fprintf(&w, "- Load average (1, 5, 15 min) at start: %s; at end: %s\n", b.loadStart, loadAvg())
+	fmt.Fprintf(&w, "- Command: %s\n", report.Command())
+	fmt.Fprintf(&w, "- Machine: %d CPUs (`nproc`), %s, kernel %s\n", runtime.NumCPU(), report.CPUModel(), report.Kernel())
+	fmt.Fprintf(&w, "- Load average (1, 5, 15 min) at start: %s; at end: %s\n", b.loadStart, report.LoadAvg())
 	fmt.Fprintf(&w, "- Software: %s, %s, wireguard-go %s, agent6 %s\n",
 		runtime.Version(), firstLine("iperf3", "--version"),
-		moduleVersion(b.binPath("wireguard-go"), "golang.zx2c4.com/wireguard"), agent6Version())
+		moduleVersion(b.binPath("wireguard-go"), "golang.zx2c4.com/wireguard"), report.Agent6Version())
 	fmt.Fprintf(&w, "\n")
 	fmt.Fprintf(&w, "Two network namespaces, A and B, joined by one veth pair (10.99.0.1/24 and 10.99.0.2/24, MTU 1500). ")
 	fmt.Fprintf(&w, "Paths from A to B: *raw veth*, TCP over IPv4 on the veth; *wireguard-go*, the reference userspace WireGuard "+
@@ -215,33 +219,6 @@ func median(v []float64) float64 {
 	return (v[n/2-1] + v[n/2]) / 2
 }
 
-// command describes how netbench was run.
-func command() string {
-	c := "`" + strings.Join(os.Args, " ") + "`"
-	if os.Getenv("MAKELEVEL") != "" {
-		return "`make bench`, which ran " + c
-	}
-	return c
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for line := range strings.Lines(string(b)) {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
-}
-
-func kernel() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
-}
-
 func firstLine(name string, args ...string) string {
 	out, err := exec.Command(name, args...).Output()
 	if err != nil {
@@ -273,28 +250,4 @@ func plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
-}
-
-// loadAvg returns the 1, 5 and 15 minute load averages: other work on a
-// small machine shows in the figures.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.Join(strings.Fields(string(b))[:3], ", ")
-}
-
-// agent6Version names the tree agent6 was built from: the commit, if git
-// knows it, and whether the tree had uncommitted changes.
-func agent6Version() string {
-	rev, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "(this tree)"
-	}
-	v := "at commit " + strings.TrimSpace(string(rev))
-	if dirty, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(dirty) > 0 {
-		v += " with uncommitted changes"
-	}
-	return v
 }

@@ -11,6 +11,8 @@
 package main
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"context"
 	"flag"
 	"fmt"
@@ -96,7 +98,7 @@ func run(ctx context.Context, c config) error {
 	if c.verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	r := &results{cfg: c, start: time.Now(), loadStart: loadAvg()}
+	r := &results{cfg: c, start: time.Now(), loadStart: report.LoadAvg()}
 	p, err := taskbench.NewPair(ctx, logger)
 	if err != nil {
 		return err
@@ -153,7 +155,7 @@ func run(ctx context.Context, c config) error {
 			}
 			res := flowRun{Result: sr, CPU: processCPU() - cpu0}
 			fmt.Fprintf(os.Stderr, "taskbench: flows %d/%d from %s: %.0f conn/s, p50 %.3f ms, p99 %.3f ms, %.0f µs CPU/conn, %d errors (load %s)\n",
-				i+1, c.repeats, name, res.ConnsPerSec, res.P50Ms, res.P99Ms, float64(res.cpuPerConn())/1e3, res.Errors, loadAvg())
+				i+1, c.repeats, name, res.ConnsPerSec, res.P50Ms, res.P99Ms, float64(res.cpuPerConn())/1e3, res.Errors, report.LoadAvg())
 			if fromTask {
 				r.taskRuns = append(r.taskRuns, res)
 			} else {
@@ -165,12 +167,12 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	r.wall = time.Since(r.start)
-	r.loadEnd = loadAvg()
+	r.loadEnd = report.LoadAvg()
 
 	section := r.report()
 	fmt.Print(section)
 	if c.out != "" {
-		if err := writeSection(c.out, section); err != nil {
+		if err := report.WriteSection(c.out, sectionTitle, section); err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "taskbench: wrote %s\n", c.out)

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"bytes"
 	"fmt"
 	"maps"
-	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -24,10 +24,10 @@ func (r *results) report() string {
 	var w bytes.Buffer
 	fmt.Fprintf(&w, "%s\n\n", sectionTitle)
 	fmt.Fprintf(&w, "- Date: %s\n", r.start.UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&w, "- Command: %s\n", command())
-	fmt.Fprintf(&w, "- Machine: %d CPUs (`nproc`), %s, kernel %s\n", runtime.NumCPU(), cpuModel(), kernel())
+	fmt.Fprintf(&w, "- Command: %s\n", report.Command())
+	fmt.Fprintf(&w, "- Machine: %d CPUs (`nproc`), %s, kernel %s\n", runtime.NumCPU(), report.CPUModel(), report.Kernel())
 	fmt.Fprintf(&w, "- Load average (1, 5, 15 min) at start: %s; at end: %s; the run took %.0f s\n", r.loadStart, r.loadEnd, r.wall.Seconds())
-	fmt.Fprintf(&w, "- Software: %s, agent6 %s\n\n", runtime.Version(), agent6Version())
+	fmt.Fprintf(&w, "- Software: %s, agent6 %s\n\n", runtime.Version(), report.Agent6Version())
 
 	fmt.Fprintf(&w, "Two embedded nodes in this one process (`node.Node` with a gVisor netstack and a wireguard-go device each, "+
 		"UDP on 127.0.0.1, memberlist's LAN timing), one CA: A starts tasks and dials, B serves. The WireGuard session "+
@@ -182,84 +182,3 @@ func unitName(u time.Duration) string {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-
-// writeSection replaces taskbench's section of the file at path, from its
-// title to the next top-level heading, or appends it; the other sections
-// are kept.
-func writeSection(path, section string) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	text := string(old)
-	before, after := text, ""
-	if i := strings.Index(text, sectionTitle+"\n"); i >= 0 && (i == 0 || text[i-1] == '\n') {
-		before, after = text[:i], text[i+len(sectionTitle):]
-		if j := strings.Index(after, "\n# "); j >= 0 {
-			after = after[j+1:]
-		} else {
-			after = ""
-		}
-	}
-	before = strings.TrimRight(before, "\n")
-	if before != "" {
-		before += "\n\n"
-	}
-	if after != "" {
-		after = "\n" + after
-	}
-	return os.WriteFile(path, []byte(before+strings.TrimRight(section, "\n")+"\n"+after), 0o644)
-}
-
-// command describes how taskbench was run.
-func command() string {
-	c := "`" + strings.Join(os.Args, " ") + "`"
-	if os.Getenv("MAKELEVEL") != "" {
-		return "`make bench`, which ran " + c
-	}
-	return c
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], ", ")
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for line := range strings.Lines(string(b)) {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
-}
-
-func kernel() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// agent6Version names the tree this was built from: the commit, if git
-// knows it, and whether the tree had uncommitted changes.
-func agent6Version() string {
-	rev, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "(this tree)"
-	}
-	v := "at commit " + strings.TrimSpace(string(rev))
-	if dirty, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(dirty) > 0 {
-		v += " with uncommitted changes"
-	}
-	return v
-}

@@ -67,7 +67,8 @@ type Device struct {
 	addr   netip.Addr
 	log    *slog.Logger
 
-	mu        sync.Mutex // serialises SetPeer's read-modify-write of AllowedIPs
+	mu        sync.Mutex // serialises peer updates; guards allowed
+	allowed   map[identity.WGPublicKey]map[netip.Prefix]bool
 	closeOnce sync.Once
 }
 
@@ -113,10 +114,11 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 		Errorf: func(format string, args ...any) { log.Warn("wireguard: " + fmt.Sprintf(format, args...)) },
 	}
 	d := &Device{
-		wg:     device.NewDevice(filter, bind, wgLog),
-		filter: filter,
-		addr:   addr,
-		log:    log,
+		allowed: make(map[identity.WGPublicKey]map[netip.Prefix]bool),
+		wg:      device.NewDevice(filter, bind, wgLog),
+		filter:  filter,
+		addr:    addr,
+		log:     log,
 	}
 	raw := cfg.PrivateKey.Raw()
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(raw[:]), cfg.ListenPort)
@@ -169,16 +171,7 @@ func (d *Device) SetPeer(p PeerConfig) error {
 	}
 	d.mu.Lock() // one peer update at a time: the diff below must not interleave
 	defer d.mu.Unlock()
-	have := map[netip.Prefix]bool{}
-	if st, err := d.get(); err == nil {
-		for _, ps := range st.peers {
-			if ps.PublicKey.Equal(p.PublicKey) {
-				for _, a := range ps.AllowedIPs {
-					have[a] = true
-				}
-			}
-		}
-	}
+	have := d.allowed[p.PublicKey] // what this device last set: no UAPI dump per update
 	raw := p.PublicKey.Raw()
 	var b strings.Builder
 	fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(raw[:]))
@@ -186,6 +179,9 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 	}
 	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.PersistentKeepalive/time.Second))
+	if have == nil { // a new peer, or one whose prefixes are unknown
+		b.WriteString("replace_allowed_ips=true\n")
+	}
 	for pfx := range want {
 		if !have[pfx] {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", pfx)
@@ -197,8 +193,10 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		}
 	}
 	if err := d.wg.IpcSet(b.String()); err != nil {
+		delete(d.allowed, p.PublicKey) // unknown now: the next update replaces them all
 		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
 	}
+	d.allowed[p.PublicKey] = want
 	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint, "allowed", len(want))
 	return nil
 }
@@ -206,6 +204,9 @@ func (d *Device) SetPeer(p PeerConfig) error {
 // RemovePeer removes the peer with key pub; removing an absent peer is not
 // an error.
 func (d *Device) RemovePeer(pub identity.WGPublicKey) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.allowed, pub)
 	raw := pub.Raw()
 	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))); err != nil {
 		return fmt.Errorf("overlay: remove peer %s: %w", pub.ShortString(), err)

@@ -12,6 +12,8 @@
 package gossip
 
 import (
+	"github.com/agent6/agent6/bench/internal/report"
+
 	"context"
 	"errors"
 	"fmt"
@@ -192,7 +194,7 @@ func seconds(d time.Duration) Seconds { return Seconds(d.Seconds()) }
 // before it returns; the Result says what failed, if anything did.
 func Run(ctx context.Context, o Options) *Result {
 	o.defaults()
-	r := &Result{System: o.System, Nodes: o.Nodes, LoadAvg: LoadAvg()}
+	r := &Result{System: o.System, Nodes: o.Nodes, LoadAvg: report.LoadAvg()}
 	var c cluster
 	quiesce(30 * time.Second)
 	runtime.GC()

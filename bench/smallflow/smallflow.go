@@ -121,8 +121,8 @@ func (c *Client) Run(ctx context.Context) (Result, error) {
 	r.Connections = len(lat)
 	r.Seconds = elapsed.Seconds()
 	r.ConnsPerSec = float64(len(lat)) / elapsed.Seconds()
-	r.P50Ms = ms(percentile(lat, 50))
-	r.P99Ms = ms(percentile(lat, 99))
+	r.P50Ms = ms(Percentile(lat, 50))
+	r.P99Ms = ms(Percentile(lat, 99))
 	return r, nil
 }
 
@@ -139,7 +139,7 @@ func (w *worker) run(ctx context.Context, addr string, size int, deadline time.T
 	resp := make([]byte, size)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
 		t0 := time.Now()
-		if err := roundTrip(ctx, addr, req, resp); err != nil {
+		if err := RoundTrip(ctx, (&net.Dialer{}).DialContext, addr, req, resp, nil); err != nil {
 			w.errors++
 			if w.firstErr == nil {
 				w.firstErr = err
@@ -150,17 +150,26 @@ func (w *worker) run(ctx context.Context, addr string, size int, deadline time.T
 	}
 }
 
-// roundTrip runs one connection: dial, write req, read len(resp) bytes,
-// then wait for the server's close.
-func roundTrip(ctx context.Context, addr string, req, resp []byte) error {
+// DialFunc opens a connection (net.Dialer.DialContext, node.Node.Dial,
+// node.Task.Dial).
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// RoundTrip runs one small flow over a connection from dial: write req,
+// read len(resp) bytes, then wait for the server's close. check, if set,
+// vets the connection before anything is sent.
+func RoundTrip(ctx context.Context, dial DialFunc, addr string, req, resp []byte, check func(net.Conn) error) error {
 	ctx, cancel := context.WithTimeout(ctx, connTimeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if check != nil {
+		if err := check(conn); err != nil {
+			return err
+		}
+	}
 	dl, _ := ctx.Deadline()
 	conn.SetDeadline(dl)
 	if _, err := conn.Write(req); err != nil {
@@ -176,8 +185,8 @@ func roundTrip(ctx context.Context, addr string, req, resp []byte) error {
 	return nil
 }
 
-// percentile returns the nearest-rank p-th percentile of sorted, or 0.
-func percentile(sorted []time.Duration, p int) time.Duration {
+// Percentile returns the nearest-rank p-th percentile of sorted, or 0.
+func Percentile(sorted []time.Duration, p int) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}

@@ -70,7 +70,7 @@ func TestPercentile(t *testing.T) {
 		{d[:10], 99, 10},
 		{d[:10], 50, 5},
 	} {
-		if got := percentile(tc.in, tc.p); got != tc.want {
+		if got := Percentile(tc.in, tc.p); got != tc.want {
 			t.Errorf("percentile(%d values, %d) = %v, want %v", len(tc.in), tc.p, got, tc.want)
 		}
 	}

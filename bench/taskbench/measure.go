@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/bits"
 	"net"
 	"net/netip"
@@ -35,17 +34,7 @@ func Summarize(d []time.Duration) Latency {
 	for _, x := range d {
 		sum += x
 	}
-	return Latency{N: len(d), Mean: sum / time.Duration(len(d)), P50: percentile(d, 50), P99: percentile(d, 99), Max: d[len(d)-1]}
-}
-
-// percentile returns the nearest-rank p-th percentile of sorted, or 0 (as
-// package smallflow does).
-func percentile(sorted []time.Duration, p int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := (len(sorted)*p + 99) / 100
-	return sorted[max(i, 1)-1]
+	return Latency{N: len(d), Mean: sum / time.Duration(len(d)), P50: smallflow.Percentile(d, 50), P99: smallflow.Percentile(d, 99), Max: d[len(d)-1]}
 }
 
 // FirstByteResult is what FirstByte measured.
@@ -321,32 +310,15 @@ func (w *flowWorker) run(ctx context.Context, f *Flows, size int, deadline time.
 	}
 }
 
-// roundTrip is smallflow's: dial, write req, read len(resp) bytes, then
-// wait for the server's close.
+// roundTrip is smallflow's, checking that the connection left from the
+// address under test.
 func roundTrip(ctx context.Context, f *Flows, req, resp []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, connTimeout)
-	defer cancel()
-	conn, err := f.Dial(ctx, "tcp", f.Addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if from := conn.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); f.From.IsValid() && from != f.From {
-		return fmt.Errorf("taskbench: connection left from %s, not %s", from, f.From)
-	}
-	dl, _ := ctx.Deadline()
-	conn.SetDeadline(dl)
-	if _, err := conn.Write(req); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(conn, resp); err != nil {
-		return err
-	}
-	var one [1]byte
-	if n, err := conn.Read(one[:]); n > 0 || !errors.Is(err, io.EOF) {
-		return fmt.Errorf("taskbench: want EOF after %d-byte response, got %d more bytes, %v", len(resp), n, err)
-	}
-	return nil
+	return smallflow.RoundTrip(ctx, f.Dial, f.Addr, req, resp, func(c net.Conn) error {
+		if from := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); f.From.IsValid() && from != f.From {
+			return fmt.Errorf("taskbench: connection left from %s, not %s", from, f.From)
+		}
+		return nil
+	})
 }
 
 // orDefault returns v, or def if v is zero or negative.

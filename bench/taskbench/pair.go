@@ -168,7 +168,7 @@ func admits(n *node.Node, addr netip.Addr) bool {
 }
 
 // Dialer is node.Node.Dial or node.Task.Dial.
-type Dialer func(ctx context.Context, network, address string) (net.Conn, error)
+type Dialer = smallflow.DialFunc
 
 // HelloAddr is B's hello service, as a Dial address.
 func (p *Pair) HelloAddr() string { return netip.AddrPortFrom(p.B.Addr(), HelloPort).String() }

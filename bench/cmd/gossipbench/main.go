@@ -202,7 +202,7 @@ func (b *bench) run(ctx context.Context, out, level string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	b.loadStart, b.start = gossip.LoadAvg(), time.Now()
+	b.loadStart, b.start = report.LoadAvg(), time.Now()
 
 	var done []*gossip.Result // agent6's results that converged, in order
 	for k, n := range b.sizes {
@@ -293,7 +293,7 @@ func (b *bench) note(format string, args ...any) {
 
 // finish writes results.json and the report.
 func (b *bench) finish(out string) error {
-	b.loadEnd, b.wall = gossip.LoadAvg(), time.Since(b.start)
+	b.loadEnd, b.wall = report.LoadAvg(), time.Since(b.start)
 	raw, err := json.MarshalIndent(b.results, "", "  ")
 	if err != nil {
 		return err

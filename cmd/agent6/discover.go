@@ -12,13 +12,12 @@ import (
 	"time"
 
 	"github.com/agent6/agent6/node"
-	"github.com/agent6/agent6/node/config"
 )
 
 func runWhois(args []string, stdout io.Writer) error {
 	fs := newFlags("whois", "ADDR [--json] [--socket PATH]")
 	asJSON := fs.Bool("json", false, "print JSON")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	arg, err := parseOne(fs, args, "ADDR")
 	if err != nil {
 		return err
@@ -73,7 +72,7 @@ func runDiscover(args []string, stdout io.Writer) error {
 	fs.StringVar(&q.TrustDomain, "trust-domain", "", "only agents of this trust domain")
 	fs.StringVar(&q.Group, "group", "", "only agents in this group")
 	asJSON := fs.Bool("json", false, "print JSON")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +15,11 @@ import (
 	"github.com/agent6/agent6/node/localapi"
 )
 
+// socketFlag adds --socket, the LocalAPI's unix socket, to fs.
+func socketFlag(fs *flag.FlagSet) *string {
+	return fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+}
+
 func client(socket string) (*localapi.Client, context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	return &localapi.Client{Socket: socket}, ctx, cancel
@@ -22,7 +27,7 @@ func client(socket string) (*localapi.Client, context.Context, context.CancelFun
 
 func runInvite(args []string, stdout io.Writer) error {
 	fs := newFlags("invite", "[--socket PATH]")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -39,7 +44,7 @@ func runInvite(args []string, stdout io.Writer) error {
 func runPeers(args []string, stdout io.Writer) error {
 	fs := newFlags("peers", "[--json] [--socket PATH]")
 	asJSON := fs.Bool("json", false, "print JSON")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -69,9 +74,7 @@ func runPeers(args []string, stdout io.Writer) error {
 			}
 			out = append(out, r)
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return writeJSON(stdout, out)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ADDRESS\tSPIFFE ID\tGROUPS\tROLES\tSTATE\tENDPOINT\tLAST HANDSHAKE")
@@ -103,7 +106,7 @@ func dash(ss []string) string {
 func runRevoke(args []string, stdout io.Writer) error {
 	fs := newFlags("revoke", "--file REVOCATION [--socket PATH]")
 	file := fs.String("file", "", "revocation from `agent6 ca revoke`")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -2,21 +2,19 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/agent6/agent6/node/config"
 	"github.com/agent6/agent6/node/localapi"
 )
 
 func runStatus(args []string, stdout io.Writer) error {
 	fs := newFlags("status", "[--json] [--socket PATH]")
 	asJSON := fs.Bool("json", false, "print JSON")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -27,9 +25,7 @@ func runStatus(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return writeJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "address     %s\npublic key  %s\nlisten port %d\nmode        %s", st.Addr, st.PublicKey, st.ListenPort, st.Mode)
 	if st.TUN != "" {

@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/agent6/agent6/node/config"
 	"github.com/agent6/agent6/node/localapi"
 )
 
@@ -53,7 +52,7 @@ func runTaskStart(args []string, stdout io.Writer) error {
 	fs.StringVar(&req.Parent, "parent", "", "id of a running task: start a sub-agent of it")
 	fs.StringVar(&req.ID, "id", "", "your own name for the task; it never leaves the node (default: random)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -79,7 +78,7 @@ func runTaskStart(args []string, stdout io.Writer) error {
 
 func runTaskEnd(args []string, stdout io.Writer) error {
 	fs := newFlags("task end", "ID [--socket PATH]")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	id, err := parseOne(fs, args, "ID")
 	if err != nil {
 		return err
@@ -92,7 +91,7 @@ func runTaskEnd(args []string, stdout io.Writer) error {
 func runTaskList(args []string, stdout io.Writer) error {
 	fs := newFlags("task list", "[--json] [--socket PATH]")
 	asJSON := fs.Bool("json", false, "print JSON")
-	socket := fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	socket := socketFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}

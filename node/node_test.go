@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -110,10 +111,31 @@ func TestUDP(t *testing.T) {
 			if string(buf[:nr]) != "ping" || from.(*net.UDPAddr).AddrPort().Addr() != a.Addr() {
 				t.Fatalf("got %q from %v", buf[:nr], from)
 			}
-			return
+			break
 		}
 		if i == 10 {
 			t.Fatal(err)
+		}
+	}
+	// Datagrams larger than the tunnel MTU travel as IPv6 fragments
+	// through the filter and WireGuard: gossip packets are 5464 bytes
+	// (four fragments at MTU 1420).
+	for _, size := range []int{5464, 16000} {
+		big := make([]byte, size)
+		for i := range big {
+			big[i] = byte(i * 7)
+		}
+		if _, err := c.Write(big); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 65536)
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		nr, _, err := pc.ReadFrom(got)
+		if err != nil {
+			t.Fatalf("%d-byte datagram: %v", size, err)
+		}
+		if !bytes.Equal(got[:nr], big) {
+			t.Fatalf("%d-byte datagram arrived as %d bytes, or changed", size, nr)
 		}
 	}
 }

@@ -31,6 +31,9 @@ type MembershipStatus struct {
 	Members      int               `json:"members"`       // admitted peers
 	Joined       bool              `json:"joined"`
 	Refused      map[string]uint64 `json:"refused"` // by reason
+	// CatchUps counts push/pulls with an admitted peer whose alive
+	// message gossip lost.
+	CatchUps uint64 `json:"catch_ups"`
 }
 
 // PeerStatus is one peer as the WireGuard device sees it.
@@ -95,6 +98,7 @@ func (n *Node) Status() (Status, error) {
 			TrustDomain:  m.Credential().TrustDomain,
 			TrustDomains: m.TrustDomains(),
 			Members:      ms.Members,
+			CatchUps:     ms.CatchUps,
 			Refused:      make(map[string]uint64, len(ms.Refused)),
 		}
 		for r, c := range ms.Refused {

@@ -242,6 +242,7 @@ func (c *agent6) stats() membership.Stats {
 		sum.Hellos += s.Hellos
 		sum.Admitted += s.Admitted
 		sum.Removed += s.Removed
+		sum.CatchUps += s.CatchUps
 		for r, v := range s.Refused {
 			sum.Refused[r] += v
 		}

@@ -174,6 +174,12 @@ func TestSidecarNetns(t *testing.T) {
 			t.Fatalf("ping6 %s -> %s: %v\n%s", p[0].ns.Name, p[1].addr, err, out)
 		}
 	}
+	// Larger than the TUN MTU: the kernel fragments it, each fragment
+	// crosses the filter and WireGuard, and the reply comes back
+	// reassembled (gossip packets are fragmented this way).
+	if out, err := a.ns.Run(ctx, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "5", "-s", "5400", b.addr.String()); err != nil {
+		t.Fatalf("ping6 -s 5400 %s -> %s: %v\n%s", a.ns.Name, b.addr, err, out)
+	}
 	st, err := a.status(t)
 	if err != nil {
 		t.Fatal(err)

@@ -33,6 +33,8 @@ var (
 		"1 once the node has joined its cluster, else 0.", nil, nil)
 	descRefusals = prometheus.NewDesc("agent6_membership_refusals_total",
 		"Agent records and revocations membership refused, by reason.", []string{"reason"}, nil)
+	descCatchUps = prometheus.NewDesc("agent6_membership_catch_ups_total",
+		"Push/pulls with an admitted peer whose alive message gossip never delivered.", nil, nil)
 	descBadRequests = prometheus.NewDesc("agent6_localapi_bad_requests_total",
 		"LocalAPI requests refused as malformed (bad path, method, parameter or body).", nil, nil)
 	descDNS = prometheus.NewDesc("agent6_dns_queries_total",
@@ -46,7 +48,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
-		descFlows, descMembers, descJoined, descRefusals, descBadRequests, descDNS} {
+		descFlows, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descDNS} {
 		ch <- d
 	}
 }
@@ -92,6 +94,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			joined = 1
 		}
 		gauge(descJoined, joined)
+		counter(descCatchUps, m.CatchUps)
 		for reason, v := range m.Refused {
 			counter(descRefusals, v, reason)
 		}

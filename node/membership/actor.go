@@ -3,6 +3,7 @@ package membership
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"time"
@@ -74,6 +75,8 @@ func (m *Membership) actor() {
 	defer sweep.Stop()
 	reconnect := time.NewTicker(m.cfg.ReconnectInterval)
 	defer reconnect.Stop()
+	catchUp := time.NewTicker(time.Second)
+	defer catchUp.Stop()
 	for {
 		select {
 		case <-m.done:
@@ -83,6 +86,8 @@ func (m *Membership) actor() {
 			m.sweepTasks(time.Now())
 		case <-reconnect.C:
 			m.reconnectDead()
+		case <-catchUp.C:
+			m.catchUp(time.Now())
 		case ev := <-m.events:
 			m.handle(ev)
 		}
@@ -405,6 +410,62 @@ func (m *Membership) reconnectDead() {
 	for _, ep := range targets {
 		m.sendHello(ep, ctrlHello)
 	}
+}
+
+// catchUp push/pulls with one admitted peer that memberlist has not heard
+// of although gossip had time to bring it: its alive message was lost (a
+// dropped packet in a join storm) and gossip has stopped retransmitting
+// it, so without this the pair would wait for a periodic push/pull (90 s
+// at 100 nodes) or the reconciliation would remove the peer. One push/pull
+// brings the peer's whole view, so one per second is enough.
+func (m *Membership) catchUp(now time.Time) {
+	if m.ml == nil || m.leaving.Load() {
+		return
+	}
+	grace := gossipSpread(m.mlConf, m.ml.NumMembers())
+	live := make(map[string]bool)
+	for _, n := range m.ml.Members() {
+		live[n.Name] = true
+	}
+	m.mu.Lock()
+	target := catchUpTarget(m.peers, live, now, grace)
+	if target.IsValid() {
+		m.peers[target].catchUpAt = now
+	}
+	m.mu.Unlock()
+	if !target.IsValid() {
+		return
+	}
+	select {
+	case m.rejoin <- target:
+		m.catchUps.Add(1)
+	default:
+	}
+}
+
+// catchUpTarget picks the peer admitted longest ago of those admitted for
+// at least grace, unknown to memberlist (live, by node name) and not
+// caught up with in the last grace; the zero Addr if none.
+func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, grace time.Duration) netip.Addr {
+	var target netip.Addr
+	var oldest time.Time
+	for addr, p := range peers {
+		if !p.admitted || live[nodeName(addr)] || now.Sub(p.admittedAt) < grace || now.Sub(p.catchUpAt) < grace {
+			continue
+		}
+		if !target.IsValid() || p.admittedAt.Before(oldest) {
+			target, oldest = addr, p.admittedAt
+		}
+	}
+	return target
+}
+
+// gossipSpread is how long memberlist keeps retransmitting a broadcast in
+// a cluster of n: RetransmitMult × ⌈log10(n+1)⌉ gossip rounds, at least a
+// second. An alive message not heard by then will not be.
+func gossipSpread(c *memberlist.Config, n int) time.Duration {
+	rounds := c.RetransmitMult * int(math.Ceil(math.Log10(float64(n+1))))
+	return max(time.Duration(rounds)*c.GossipInterval, time.Second)
 }
 
 func (m *Membership) sweepExpired() {

@@ -114,6 +114,9 @@ type Stats struct {
 	Hellos   uint64            `json:"hellos_sent"`
 	Admitted uint64            `json:"admissions"`
 	Removed  uint64            `json:"removals"`
+	// CatchUps counts push/pulls with an admitted peer whose alive message
+	// gossip never delivered (see catchUp).
+	CatchUps uint64 `json:"catch_ups"`
 }
 
 // Membership runs gossip for one node. Its methods are safe for concurrent
@@ -151,11 +154,13 @@ type Membership struct {
 	tasksvc   *taskService
 	taskOwner map[netip.Addr]netip.Addr // accepted task address → owning agent
 	leaving   atomic.Bool               // set by Leave
-	rejoin    chan netip.Addr           // revived peers to push/pull with
+	rejoin    chan netip.Addr           // revived or unheard-of peers to push/pull with
+	mlConf    *memberlist.Config        // memberlist's configuration, as started
 
 	refusals sync.Map // Reason → *atomic.Uint64
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
+	catchUps atomic.Uint64
 	removes  atomic.Uint64
 
 	done      chan struct{}
@@ -177,6 +182,7 @@ type peer struct {
 	helloAt    time.Time
 	deadSince  time.Time // when memberlist declared it dead; zero otherwise
 	admittedAt time.Time
+	catchUpAt  time.Time // last push/pull asked for because memberlist had not heard of it
 	tasks      map[netip.Addr]*remoteTask
 }
 
@@ -291,7 +297,7 @@ func (m *Membership) Start() error {
 	c.Delegate = (*delegate)(m)
 	c.Events = (*delegate)(m)
 	c.Alive = (*delegate)(m)
-	c.UDPBufferSize = m.cfg.MTU - 48 // IPv6 and UDP headers inside the tunnel
+	c.UDPBufferSize = gossipPacketSize(m.cfg.MTU)
 	// Gossip inside WireGuard is small and already encrypted; memberlist's
 	// LZW compression cost a third of the CPU of a 200-node join storm in
 	// the gossip benchmark, for little saving.
@@ -300,15 +306,17 @@ func (m *Membership) Start() error {
 	if m.cfg.Tune != nil {
 		m.cfg.Tune(c)
 	}
-	m.wg.Go(m.actor)
+	m.mlConf = c
 	ml, err := memberlist.Create(c)
 	if err != nil {
-		m.stop()
 		tr.Shutdown()
 		return fmt.Errorf("membership: start memberlist: %w", err)
 	}
 	m.ml = ml
 	m.bcast = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: c.RetransmitMult}
+	// The actor starts once ml is set: it reads ml. Events memberlist
+	// raised while starting wait in the queue.
+	m.wg.Go(m.actor)
 	m.wg.Go(m.rejoinLoop)
 	if err := m.startTaskService(); err != nil {
 		m.Close()
@@ -324,8 +332,27 @@ func (m *Membership) Start() error {
 // lock (rawSendMsgPacket), a data race the race detector reports.
 func nodeName(a netip.Addr) string { return a.StringExpanded() }
 
+// gossipFragments is how many IPv6 fragments inside the tunnel one gossip
+// packet may take. memberlist packs as many broadcasts into a packet as
+// fit; an alive message here carries ~150 bytes of signed meta and a
+// 39-byte name (bare memberlist's: ~60 bytes in all), so one MTU-sized
+// packet held ~5 of them and a 100-node join storm took 12 s to spread
+// instead of 2. Four fragments restore the capacity; the overlay's IPv6
+// fragments and reassembles them (gVisor or the kernel), and a lost
+// fragment loses one gossip packet, which gossip's redundancy absorbs.
+const gossipFragments = 4
+
+// gossipPacketSize is the largest UDP payload memberlist sends inside a
+// tunnel of the given MTU: gossipFragments fragments, each carrying
+// MTU − 40 (IPv6) − 8 (fragment header) bytes rounded down to 8, less the
+// 8-byte UDP header.
+func gossipPacketSize(mtu int) int {
+	return gossipFragments*((mtu-48)&^7) - 8
+}
+
 // rejoinLoop push/pulls with peers that answered after being declared
-// dead, so that memberlist hears them refute it.
+// dead, so that memberlist hears them refute it, and with admitted peers
+// memberlist never heard of (see catchUp).
 func (m *Membership) rejoinLoop() {
 	for {
 		select {
@@ -466,7 +493,7 @@ func (p *peer) member(addr netip.Addr) Member {
 
 // Stats returns membership's counters.
 func (m *Membership) Stats() Stats {
-	s := Stats{Refused: make(map[Reason]uint64), Hellos: m.hellos.Load(), Admitted: m.admits.Load(), Removed: m.removes.Load()}
+	s := Stats{Refused: make(map[Reason]uint64), Hellos: m.hellos.Load(), Admitted: m.admits.Load(), Removed: m.removes.Load(), CatchUps: m.catchUps.Load()}
 	m.refusals.Range(func(k, v any) bool {
 		s.Refused[k.(Reason)] = v.(*atomic.Uint64).Load()
 		return true

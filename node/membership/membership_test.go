@@ -134,3 +134,64 @@ func TestNotifyAliveAddressMismatch(t *testing.T) {
 		t.Fatalf("event %+v", ev)
 	}
 }
+
+func TestGossipPacketSize(t *testing.T) {
+	// 1420: four fragments of 1368 bytes (1372 rounded down to 8) less
+	// the UDP header.
+	if got, want := gossipPacketSize(1420), 4*1368-8; got != want {
+		t.Errorf("gossipPacketSize(1420) = %d, want %d", got, want)
+	}
+	// The fragments must fit the tunnel: IPv6 header, fragment header
+	// and a multiple-of-8 payload per fragment.
+	for _, mtu := range []int{1280, 1420, 9000} {
+		per := (gossipPacketSize(mtu) + 8) / gossipFragments
+		if per%8 != 0 || 40+8+per > mtu {
+			t.Errorf("mtu %d: %d bytes per fragment do not fit", mtu, per)
+		}
+	}
+}
+
+func TestGossipSpread(t *testing.T) {
+	c := memberlist.DefaultLANConfig() // RetransmitMult 4, GossipInterval 200 ms
+	for _, tc := range []struct {
+		n    int
+		want time.Duration
+	}{
+		{1, time.Second},                // 4 rounds: 0.8 s, raised to the floor
+		{9, time.Second},                // ⌈log10 10⌉ = 1: 4 rounds
+		{10, 1600 * time.Millisecond},   // ⌈log10 11⌉ = 2: 8 rounds
+		{100, 2400 * time.Millisecond},  // 12 rounds
+		{200, 2400 * time.Millisecond},  // 12 rounds
+		{1000, 3200 * time.Millisecond}, // ⌈log10 1001⌉ = 4: 16 rounds
+	} {
+		if got := gossipSpread(c, tc.n); got != tc.want {
+			t.Errorf("gossipSpread(n=%d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestCatchUpTarget(t *testing.T) {
+	now := time.Now()
+	grace := 2 * time.Second
+	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 0x00, 0x20, 15: i}) }
+	peers := map[netip.Addr]*peer{
+		a(1): {admitted: true, admittedAt: now.Add(-5 * time.Second)},                                   // known to memberlist
+		a(2): {admitted: true, admittedAt: now.Add(-4 * time.Second)},                                   // the oldest unknown: picked
+		a(3): {admitted: true, admittedAt: now.Add(-3 * time.Second)},                                   // unknown, younger
+		a(4): {admitted: true, admittedAt: now.Add(-time.Second)},                                       // within the grace
+		a(5): {admitted: false, admittedAt: now.Add(-9 * time.Second)},                                  // not admitted
+		a(6): {admitted: true, admittedAt: now.Add(-9 * time.Second), catchUpAt: now.Add(-time.Second)}, // asked recently
+	}
+	live := map[string]bool{nodeName(a(1)): true}
+	if got := catchUpTarget(peers, live, now, grace); got != a(2) {
+		t.Fatalf("target %v, want %v", got, a(2))
+	}
+	peers[a(2)].catchUpAt = now
+	if got := catchUpTarget(peers, live, now, grace); got != a(3) {
+		t.Fatalf("after catching up with %v: target %v, want %v", a(2), got, a(3))
+	}
+	live[nodeName(a(3))] = true
+	if got := catchUpTarget(peers, live, now, grace); got.IsValid() {
+		t.Fatalf("target %v, want none", got)
+	}
+}

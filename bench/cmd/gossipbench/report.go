@@ -325,8 +325,9 @@ func removalCell(v float64, r *gossip.Removal) string {
 
 func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, int) *gossip.Result) {
 	fmt.Fprintf(w, "\n## agent6 membership counters\n\nSummed over the nodes when the size ended: admissions, HELLO/ACK control frames "+
-		"(during the whole run, and in the rest window), removals, and refusals by reason.\n\n")
-	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Refusals |\n| --- | --- | --- | --- | --- | --- |\n")
+		"(during the whole run, and in the rest window), removals, catch-ups (push/pulls with an admitted peer whose alive message gossip lost) "+
+		"and refusals by reason.\n\n")
+	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, n := range sizes {
 		r := find(gossip.Agent6, n)
 		if r == nil || r.Stats == nil {
@@ -339,7 +340,7 @@ func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, i
 		if len(refused) == 0 {
 			refused = []string{"none"}
 		}
-		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, strings.Join(refused, ", "))
+		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, strings.Join(refused, ", "))
 	}
 }
 

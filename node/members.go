@@ -25,6 +25,10 @@ func (t peerTable) SetPeer(key identity.WGPublicKey, ep netip.AddrPort, extra []
 
 func (t peerTable) RemovePeer(key identity.WGPublicKey) error { return t.dev.RemovePeer(key) }
 
+func (t peerTable) Await(addr netip.Addr) { t.dev.Filter().Await(addr) }
+
+func (t peerTable) EndAwait(addr netip.Addr, deliver bool) { t.dev.Filter().EndAwait(addr, deliver) }
+
 // overlayNet is the node's sockets, usable before Up returns.
 type overlayNet struct{ n *Node }
 

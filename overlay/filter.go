@@ -36,6 +36,9 @@ const (
 	// DropTaskEnded: a packet from or to a task that has ended, such as
 	// the tail of its last connections; expected, so not logged.
 	DropTaskEnded
+	// DropNotAdmitted: a packet held for a peer being admitted that was
+	// not admitted in time (or too many were held).
+	DropNotAdmitted
 	numDropReasons
 )
 
@@ -47,6 +50,7 @@ var dropReasonNames = [numDropReasons]string{
 	DropPeerSpoofedSource:  "peer_spoofed_source",
 	DropUndelivered:        "task_undelivered",
 	DropTaskEnded:          "task_ended",
+	DropNotAdmitted:        "not_admitted",
 }
 
 func (r DropReason) String() string {
@@ -62,7 +66,7 @@ type FilterStats struct {
 	OutPackets, OutBytes uint64 // sent by this node
 	ActiveFlows          int
 	Untracked            uint64            // packets passed while the flow table was full
-	Held                 uint64            // task packets held until a peer held the delegation
+	Held                 uint64            // packets held: a task's until the peer holds its delegation, any to a peer until it is admitted
 	Drops                map[string]uint64 // by DropReason name
 }
 
@@ -239,6 +243,13 @@ func (f *Filter) filterOut(bufs [][]byte, sizes []int, n, offset int) {
 			f.drop(DropNotOverlay, &info, true)
 			sizes[i] = 0
 			continue
+		}
+		if len(local.awaiting) > 0 {
+			if w := local.awaiting[info.dst]; w != nil {
+				f.holdAwaiting(w, pkt)
+				sizes[i] = 0
+				continue
+			}
 		}
 		key := flowKey{local: info.src, remote: info.dst, lport: info.sport, rport: info.dport, proto: info.proto}
 		f.account(key, now, size, true)

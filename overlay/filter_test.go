@@ -329,3 +329,60 @@ func TestFilterTaskHold(t *testing.T) {
 		t.Fatal("inbound packet to an ended task not counted as such")
 	}
 }
+
+func TestFilterAwait(t *testing.T) {
+	local, remote := testAddrs()
+	other := netip.MustParseAddr("2001:21::beef")
+	fake := &fakeTUN{}
+	f := NewFilter(fake, FilterConfig{Local: local})
+	defer f.Close()
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, off+1500)
+	}
+	sizes := make([]int, 4)
+
+	f.Await(remote)
+	f.Await(remote) // again: no effect
+	if !f.Awaiting(remote) || f.Awaiting(other) {
+		t.Fatal("Awaiting reports the wrong peers")
+	}
+	fake.toRead = [][]byte{udp6(local, remote, 1, 2, 1), udp6(local, other, 1, 2, 2), udp6(local, remote, 1, 2, 3)}
+	n, _ := f.Read(bufs, sizes, off)
+	if n != 3 || sizes[0] != 0 || sizes[1] == 0 || sizes[2] != 0 {
+		t.Fatalf("read: sizes=%v; want the two packets to the awaited peer held, the other passed", sizes[:n])
+	}
+	if st := f.Stats(); st.Held != 2 {
+		t.Fatalf("held = %d, want 2", st.Held)
+	}
+	// Admitted: the held packets come out of the next Read, in order.
+	f.EndAwait(remote, true)
+	if f.Awaiting(remote) {
+		t.Fatal("still awaiting after EndAwait")
+	}
+	n, err := f.Read(bufs, sizes, off)
+	if err != nil || n != 2 || sizes[0] != 49 || sizes[1] != 51 {
+		t.Fatalf("after EndAwait: n=%d sizes=%v err=%v; want the two held packets in order", n, sizes[:n], err)
+	}
+	// Not admitted: dropped and counted; at most maxHeld are kept.
+	f.Await(other)
+	fake.toRead = nil
+	for range maxHeld + 3 {
+		fake.toRead = append(fake.toRead, udp6(local, other, 1, 2, 0))
+	}
+	for len(fake.toRead) > 0 {
+		f.Read(bufs, sizes, off)
+	}
+	if got := f.Drops(DropNotAdmitted); got != 3 {
+		t.Fatalf("not_admitted drops beyond the bound = %d, want 3", got)
+	}
+	f.EndAwait(other, false)
+	if got := f.Drops(DropNotAdmitted); got != maxHeld+3 {
+		t.Fatalf("not_admitted drops = %d, want %d", got, maxHeld+3)
+	}
+	f.EndAwait(other, true) // not awaited: no effect
+	fake.toRead = [][]byte{udp6(local, other, 1, 2, 0)}
+	if n, _ := f.Read(bufs, sizes, off); n != 1 || sizes[0] == 0 {
+		t.Fatal("a packet after the wait ended was not passed")
+	}
+}

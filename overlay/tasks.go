@@ -19,6 +19,9 @@ type localSet struct {
 	// given), so that the tail of their connections is counted as such
 	// rather than as spoofing.
 	ended map[[16]byte]time.Time
+	// awaiting are peers being admitted: packets to them are held until
+	// the WireGuard peer exists (EndAwait).
+	awaiting map[[16]byte]*awaited
 }
 
 // endedGrace is how long a removed task address is remembered.
@@ -26,9 +29,13 @@ const endedGrace = 2 * time.Minute
 
 // clone copies s for a change, pruning old ended entries.
 func (s *localSet) clone(now time.Time) *localSet {
-	next := &localSet{primary: s.primary, tasks: make(map[[16]byte]*taskAddr, len(s.tasks)+1), ended: make(map[[16]byte]time.Time, len(s.ended))}
+	next := &localSet{primary: s.primary, tasks: make(map[[16]byte]*taskAddr, len(s.tasks)+1), ended: make(map[[16]byte]time.Time, len(s.ended)),
+		awaiting: make(map[[16]byte]*awaited, len(s.awaiting)+1)}
 	for k, v := range s.tasks {
 		next.tasks[k] = v
+	}
+	for k, v := range s.awaiting {
+		next.awaiting[k] = v
 	}
 	for k, until := range s.ended {
 		if now.Before(until) {

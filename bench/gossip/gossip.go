@@ -13,6 +13,8 @@ package gossip
 
 import (
 	"github.com/agent6/agent6/bench/internal/report"
+	"maps"
+	"slices"
 
 	"context"
 	"errors"
@@ -81,6 +83,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Progress, if set, is told what is happening.
 	Progress func(format string, args ...any)
+	// Trace, with Progress, reports every second of the convergence how
+	// the pairs not yet alive stand (gone, pending, suspect, dead).
+	Trace bool
 	// AtRest, if set, is called at the end of the rest window, with the
 	// cluster still up (to take a heap profile, say).
 	AtRest func()
@@ -433,7 +438,7 @@ func converge(ctx context.Context, c cluster, o Options, t0 time.Time, pairs *in
 	seen := make([]int, n)
 	full := make([]bool, n)
 	deadline := t0.Add(o.Converge)
-	lastLog := time.Now()
+	lastLog, lastTrace := time.Now(), time.Now()
 	// poll polls instance i, unless the time is up.
 	poll := func(i int) error {
 		if err := ctx.Err(); err != nil {
@@ -473,6 +478,10 @@ func converge(ctx context.Context, c cluster, o Options, t0 time.Time, pairs *in
 		*pairs = sum(seen)
 		if all {
 			return now.Sub(t0), nil
+		}
+		if o.Trace && now.Sub(lastTrace) >= time.Second {
+			lastTrace = now
+			o.progress("%s, %d nodes: %.1f s, %d of %d pairs alive; the others: %s", o.System, n, now.Sub(t0).Seconds(), *pairs, n*(n-1), notAlive(c, n))
 		}
 		if now.Sub(lastLog) > 10*time.Second {
 			lastLog = now
@@ -580,6 +589,24 @@ func watchMemory(ctx context.Context, stop context.CancelCauseFunc, limit, minAv
 
 // missingPairs describes a few of the pairs not yet alive, when few nodes
 // are incomplete: "; 3 sees 17 suspect (peer: yes)".
+// notAlive counts the ordered pairs not seen alive, by how they are seen.
+func notAlive(c cluster, n int) string {
+	by := make(map[string]int)
+	for i := range n {
+		for _, s := range c.missing(i) {
+			by[s]++
+		}
+	}
+	var parts []string
+	for _, s := range slices.Sorted(maps.Keys(by)) {
+		parts = append(parts, fmt.Sprintf("%s %d", s, by[s]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
 func missingPairs(c cluster, full []bool) string {
 	const most = 6
 	if len(full)-count(full) > most {

@@ -75,8 +75,8 @@ func (m *Membership) actor() {
 	defer sweep.Stop()
 	reconnect := time.NewTicker(m.cfg.ReconnectInterval)
 	defer reconnect.Stop()
-	catchUp := time.NewTicker(time.Second)
-	defer catchUp.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-m.done:
@@ -86,8 +86,10 @@ func (m *Membership) actor() {
 			m.sweepTasks(time.Now())
 		case <-reconnect.C:
 			m.reconnectDead()
-		case <-catchUp.C:
-			m.catchUp(time.Now())
+		case now := <-tick.C:
+			m.expireAsking(now)
+			m.removeDead(now)
+			m.catchUp(now)
 		case ev := <-m.events:
 			m.handle(ev)
 		}
@@ -105,11 +107,15 @@ func (m *Membership) handle(ev event) {
 	case evJoin:
 		m.mu.Lock()
 		if p := m.peers[ev.addr]; p != nil && p.admitted {
-			p.state = "alive"
+			p.state, p.deadSince = "alive", time.Time{}
 		}
 		m.mu.Unlock()
 	case evLeave:
-		m.remove(ev.addr, ev.state)
+		if ev.state == "dead" {
+			m.markDead(ev.addr)
+		} else {
+			m.remove(ev.addr, ev.state)
+		}
 	case evTask:
 		m.handleTaskFrame(ev.from, ev.data)
 	case evRevocation:
@@ -175,7 +181,7 @@ func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
 	// so skip the signature and chain checks.
 	var rec *record
 	var cred *identity.Credential
-	if p := m.peers[addrOfRecord(raw)]; p != nil && p.rec.digest == dig && p.cred != nil && time.Now().Before(p.cred.NotAfter) {
+	if p := m.peers[m.signerAddr(raw)]; p != nil && p.rec.digest == dig && p.cred != nil && time.Now().Before(p.cred.NotAfter) {
 		rec, cred = p.rec, p.cred
 	}
 	m.mu.Unlock()
@@ -219,9 +225,7 @@ func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
 		p.helloAt = time.Now()
 		eps := rec.endpoints
 		m.mu.Unlock()
-		for _, ep := range eps {
-			m.sendHello(ep, ctrlHello)
-		}
+		m.ask(rec.addr, eps)
 		return p, nil
 	}
 	m.mu.Unlock()
@@ -232,6 +236,7 @@ func (m *Membership) learn(raw []byte, from netip.AddrPort) (*peer, error) {
 		m.log.Error("cannot configure WireGuard peer", "peer", rec.wgKey.ShortString(), "err", err)
 		return nil, err
 	}
+	m.endAsking(rec.addr, true)
 	m.mu.Lock()
 	newly := !p.admitted
 	revived := !p.deadSince.IsZero()
@@ -326,12 +331,108 @@ func (m *Membership) askUnknown(addr netip.Addr, mt *meta) {
 		p.helloAt = time.Now()
 	}
 	m.mu.Unlock()
-	for _, ep := range mt.endpoints {
+	m.ask(addr, mt.endpoints)
+}
+
+// ask sends a HELLO to the agent at addr, which gossip announced, unless
+// it was asked less than helloEvery ago; if it is not a peer yet, packets
+// to it are held until it is admitted (see Peers.Await), so that the
+// gossip and probes memberlist sends it meanwhile are not lost.
+func (m *Membership) ask(addr netip.Addr, endpoints []netip.AddrPort) {
+	now := time.Now()
+	m.mu.Lock()
+	if at, ok := m.asking[addr]; ok && now.Sub(at) < helloEvery {
+		m.mu.Unlock()
+		return
+	}
+	p := m.peers[addr]
+	await := p == nil || !p.admitted
+	if await {
+		if _, ok := m.asking[addr]; !ok && len(m.asking) >= maxRefused {
+			await = false // bounded: beyond this, packets are not held
+		} else {
+			m.asking[addr] = now
+		}
+	}
+	m.mu.Unlock()
+	if await {
+		m.cfg.Peers.Await(addr)
+	}
+	for _, ep := range endpoints {
 		m.sendHello(ep, ctrlHello)
 	}
 }
 
+// endAsking stops holding packets for addr: deliver them if it has just
+// been admitted, drop them if it did not answer in time.
+func (m *Membership) endAsking(addr netip.Addr, deliver bool) {
+	m.mu.Lock()
+	_, ok := m.asking[addr]
+	delete(m.asking, addr)
+	m.mu.Unlock()
+	if ok {
+		m.cfg.Peers.EndAwait(addr, deliver)
+	}
+}
+
+// expireAsking gives up on the agents asked more than awaitTimeout ago.
+func (m *Membership) expireAsking(now time.Time) {
+	var late []netip.Addr
+	m.mu.Lock()
+	for a, at := range m.asking {
+		if now.Sub(at) > awaitTimeout {
+			late = append(late, a)
+		}
+	}
+	m.mu.Unlock()
+	for _, a := range late {
+		m.endAsking(a, false)
+	}
+}
+
 // remove takes a peer out of WireGuard, recording why.
+// markDead records that memberlist declared an admitted peer dead. Its
+// WireGuard peer stays for deadGrace (removeDead removes it then): a node
+// declared dead by mistake — slow under load, as in a join storm — hears
+// of it and refutes through the session it still has, where removing the
+// peer at once would cut the refutation off and cost a HELLO, a new
+// handshake and a push/pull to undo.
+func (m *Membership) markDead(addr netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[addr]
+	if p == nil || !p.admitted || p.state == "dead" {
+		return
+	}
+	p.state, p.deadSince = "dead", time.Now()
+}
+
+// removeDead removes the peers declared dead at least deadGrace ago and
+// not alive since.
+func (m *Membership) removeDead(now time.Time) {
+	if m.ml == nil {
+		return
+	}
+	grace := m.deadGrace()
+	var dead []netip.Addr
+	m.mu.Lock()
+	for addr, p := range m.peers {
+		if p.admitted && p.state == "dead" && now.Sub(p.deadSince) >= grace {
+			dead = append(dead, addr)
+		}
+	}
+	m.mu.Unlock()
+	for _, a := range dead {
+		m.remove(a, "dead")
+	}
+}
+
+// deadGrace is how long a peer declared dead keeps its WireGuard peer:
+// the time gossip takes to spread its refutation.
+func (m *Membership) deadGrace() time.Duration {
+	return gossipSpread(m.mlConf, m.ml.NumMembers())
+}
+
 func (m *Membership) remove(addr netip.Addr, state string) {
 	m.mu.Lock()
 	p := m.peers[addr]
@@ -341,7 +442,7 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	}
 	was := p.admitted
 	p.admitted, p.state = false, state
-	if state == "dead" {
+	if state == "dead" && p.deadSince.IsZero() {
 		p.deadSince = time.Now()
 	}
 	for t := range p.tasks { // a node that comes back delivers its tasks again
@@ -349,6 +450,11 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	}
 	p.tasks = nil
 	key := p.rec.wgKey
+	var askBack []netip.AddrPort
+	if state == "dead" {
+		askBack = p.targets()
+		p.helloAt = time.Now()
+	}
 	m.mu.Unlock()
 	if !was {
 		return
@@ -361,6 +467,28 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	}
 	m.removes.Add(1)
 	m.log.Info("peer removed", "addr", addr, "peer", key.ShortString(), "state", state)
+	// A node declared dead by mistake (slow under load, briefly cut off)
+	// answers a HELLO at once and is re-admitted; waiting for the next
+	// reconnect tick would keep it out for up to ReconnectInterval, since
+	// its refutation cannot reach a node that removed its WireGuard peer.
+	for _, ep := range askBack {
+		m.sendHello(ep, ctrlHello)
+	}
+}
+
+// targets are the endpoints a HELLO to p goes to: where it was last heard
+// from, then those its record advertises. Called with m.mu held.
+func (p *peer) targets() []netip.AddrPort {
+	var out []netip.AddrPort
+	if p.endpoint.IsValid() {
+		out = append(out, p.endpoint)
+	}
+	for _, ep := range p.rec.endpoints {
+		if ep != p.endpoint {
+			out = append(out, ep)
+		}
+	}
+	return out
 }
 
 // reconnectDead reconciles the peer table with memberlist — an admitted
@@ -397,14 +525,7 @@ func (m *Membership) reconnectDead() {
 			delete(m.peers, addr)
 			continue
 		}
-		if p.endpoint.IsValid() {
-			targets = append(targets, p.endpoint)
-		}
-		for _, ep := range p.rec.endpoints {
-			if ep != p.endpoint {
-				targets = append(targets, ep)
-			}
-		}
+		targets = append(targets, p.targets()...)
 	}
 	m.mu.Unlock()
 	for _, ep := range targets {
@@ -422,13 +543,23 @@ func (m *Membership) catchUp(now time.Time) {
 	if m.ml == nil || m.leaving.Load() {
 		return
 	}
-	grace := gossipSpread(m.mlConf, m.ml.NumMembers())
+	spread := gossipSpread(m.mlConf, m.ml.NumMembers())
+	// Once memberlist has heard of no new node for a second, a join storm
+	// (if any) is over and an admitted peer it still has not heard of was
+	// lost: catch up after a second. While it keeps hearing of new nodes,
+	// their alive messages queue behind each other for longer than one
+	// message's spread, and push/pulls would add to the busiest moment:
+	// wait for five spreads.
+	minAge := 5 * spread
+	if now.Sub(time.Unix(0, m.lastJoin.Load())) >= time.Second {
+		minAge = time.Second
+	}
 	live := make(map[string]bool)
 	for _, n := range m.ml.Members() {
 		live[n.Name] = true
 	}
 	m.mu.Lock()
-	target := catchUpTarget(m.peers, live, now, grace)
+	target := catchUpTarget(m.peers, live, now, minAge, spread)
 	if target.IsValid() {
 		m.peers[target].catchUpAt = now
 	}
@@ -443,14 +574,14 @@ func (m *Membership) catchUp(now time.Time) {
 	}
 }
 
-// catchUpTarget picks the peer admitted longest ago of those admitted for
-// at least grace, unknown to memberlist (live, by node name) and not
-// caught up with in the last grace; the zero Addr if none.
-func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, grace time.Duration) netip.Addr {
+// catchUpTarget picks the peer admitted longest ago of those admitted at
+// least minAge ago, not declared dead, unknown to memberlist (live, by node
+// name) and not caught up with in the last retry; the zero Addr if none.
+func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, minAge, retry time.Duration) netip.Addr {
 	var target netip.Addr
 	var oldest time.Time
 	for addr, p := range peers {
-		if !p.admitted || live[nodeName(addr)] || now.Sub(p.admittedAt) < grace || now.Sub(p.catchUpAt) < grace {
+		if !p.admitted || p.state == "dead" || live[nodeName(addr)] || now.Sub(p.admittedAt) < minAge || now.Sub(p.catchUpAt) < retry {
 			continue
 		}
 		if !target.IsValid() || p.admittedAt.Before(oldest) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 
@@ -87,7 +88,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		case stateRecord:
 			m.mu.Lock()
 			known := false
-			if p := m.peers[addrOfRecord(v)]; p != nil && p.admitted && p.rec.digest == digestOf(v) {
+			if p := m.peers[m.signerAddr(v)]; p != nil && p.admitted && p.rec.digest == digestOf(v) {
 				known = true
 			}
 			m.mu.Unlock()
@@ -122,7 +123,7 @@ func (m *Membership) verifiedMeta(b []byte) (*meta, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr := mt.wgKey.Addr()
+	addr := mt.addr
 	m.mu.Lock()
 	if old, ok := m.metaByAddr[addr]; ok {
 		delete(m.metaCache, old)
@@ -137,17 +138,27 @@ func (m *Membership) verifiedMeta(b []byte) (*meta, error) {
 	return mt, nil
 }
 
-// addrOfRecord returns the address of a record's signer without verifying
-// it (a cache lookup key only).
-func addrOfRecord(raw []byte) netip.Addr {
+// signerAddr returns the address of a record's signer without verifying
+// the record (a cache lookup key only). Deriving it is a curve conversion
+// and a cSHAKE, so each key's address is remembered (bounded like the
+// other caches). Called with m.mu held.
+func (m *Membership) signerAddr(raw []byte) netip.Addr {
 	if len(raw) < 34 {
 		return netip.Addr{}
+	}
+	k := [32]byte(raw[2:34])
+	if a, ok := m.keyAddr[k]; ok {
+		return a
 	}
 	pub, err := identity.PublicKeyFromBytes(raw[2:34])
 	if err != nil {
 		return netip.Addr{}
 	}
 	a, _ := pub.Addr()
+	if len(m.keyAddr) >= maxRefused {
+		clear(m.keyAddr)
+	}
+	m.keyAddr[k] = a
 	return a
 }
 
@@ -161,7 +172,7 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 		m.refuse(err, "node", n.Name)
 		return err
 	}
-	addr := mt.wgKey.Addr()
+	addr := mt.addr
 	nodeAddr, _ := netip.AddrFromSlice(n.Addr)
 	if n.Name != nodeName(addr) || nodeAddr.Unmap() != addr {
 		err := refusal(ReasonAddrMismatch, fmt.Errorf("node %q at %s, but its key's address is %s", n.Name, nodeAddr, addr))
@@ -196,7 +207,10 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (d *delegate) NotifyJoin(n *memberlist.Node) { d.event(evJoin, n, "alive") }
+func (d *delegate) NotifyJoin(n *memberlist.Node) {
+	d.m().lastJoin.Store(time.Now().UnixNano())
+	d.event(evJoin, n, "alive")
+}
 
 // NotifyUpdate implements memberlist.EventDelegate.
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.event(evJoin, n, "alive") }

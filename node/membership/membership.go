@@ -50,6 +50,12 @@ type Peers interface {
 	// address plus extra (the addresses of its delegated tasks).
 	SetPeer(key identity.WGPublicKey, endpoint netip.AddrPort, extra []netip.Prefix) error
 	RemovePeer(key identity.WGPublicKey) error
+	// Await holds the packets this node sends to addr until EndAwait:
+	// membership has asked the agent there for its record, and WireGuard
+	// has no peer for it yet. EndAwait with deliver sends them (the peer
+	// now exists), without drops them.
+	Await(addr netip.Addr)
+	EndAwait(addr netip.Addr, deliver bool)
 }
 
 // Control sends control frames on the node's UDP socket (outside
@@ -150,6 +156,11 @@ type Membership struct {
 	// lookup, not a signature check.
 	metaCache  map[string]*meta
 	metaByAddr map[netip.Addr]string
+	keyAddr    map[[32]byte]netip.Addr // signer key → address (signerAddr)
+	// asking are agents sent a HELLO because gossip announced them, not
+	// yet admitted, by when they were asked; packets to them are held
+	// (Peers.Await) until admitted or awaitTimeout.
+	asking map[netip.Addr]time.Time
 
 	tasksvc   *taskService
 	taskOwner map[netip.Addr]netip.Addr // accepted task address → owning agent
@@ -161,6 +172,7 @@ type Membership struct {
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
+	lastJoin atomic.Int64 // when memberlist last heard of a node, Unix ns
 	removes  atomic.Uint64
 
 	done      chan struct{}
@@ -187,9 +199,12 @@ type peer struct {
 }
 
 const (
-	maxRefused  = 4096
-	helloEvery  = 2 * time.Second // per peer, at most
-	eventsQueue = 4096
+	maxRefused = 4096
+	helloEvery = 2 * time.Second // per peer, at most
+	// awaitTimeout is how long packets to an agent asked for its record
+	// are held: its answer normally takes one round trip.
+	awaitTimeout = 2 * time.Second
+	eventsQueue  = 4096
 )
 
 // New checks the configuration, including that this node's own credential
@@ -251,6 +266,8 @@ func New(cfg Config) (*Membership, error) {
 		metaCache:  make(map[string]*meta),
 		taskOwner:  make(map[netip.Addr]netip.Addr),
 		metaByAddr: make(map[netip.Addr]string),
+		keyAddr:    make(map[[32]byte]netip.Addr),
+		asking:     make(map[netip.Addr]time.Time),
 		done:       make(chan struct{}),
 	}
 	if err := m.resign(); err != nil {
@@ -458,6 +475,8 @@ func (m *Membership) Members() []Member {
 		if p.admitted {
 			if s, ok := states[nodeName(addr)]; ok {
 				mb.State = s
+			} else if p.state == "dead" {
+				mb.State = "dead" // declared dead; its WireGuard peer goes after a grace
 			} else {
 				// Admitted (it answered a HELLO) but not alive in
 				// memberlist: pending until gossip agrees, and removed by

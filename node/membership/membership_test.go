@@ -60,8 +60,15 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeMeta(b)
-		if err == nil && m.wgKey.Addr() != m.wgKey.Addr() {
-			t.Fatal("unreachable")
+		if err != nil {
+			return
+		}
+		// Whatever verified: the address is the signer's, derived once.
+		if a, aerr := m.agentKey.Addr(); aerr != nil || m.addr != a || !m.wgKey.Owns(m.addr) {
+			t.Fatalf("meta address %v, signer's %v (%v)", m.addr, a, aerr)
+		}
+		if len(m.endpoints) > maxEndpoints {
+			t.Fatalf("%d endpoints", len(m.endpoints))
 		}
 	})
 }
@@ -181,17 +188,22 @@ func TestCatchUpTarget(t *testing.T) {
 		a(4): {admitted: true, admittedAt: now.Add(-time.Second)},                                       // within the grace
 		a(5): {admitted: false, admittedAt: now.Add(-9 * time.Second)},                                  // not admitted
 		a(6): {admitted: true, admittedAt: now.Add(-9 * time.Second), catchUpAt: now.Add(-time.Second)}, // asked recently
+		a(7): {admitted: true, admittedAt: now.Add(-9 * time.Second), state: "dead"},                    // declared dead
 	}
 	live := map[string]bool{nodeName(a(1)): true}
-	if got := catchUpTarget(peers, live, now, grace); got != a(2) {
+	if got := catchUpTarget(peers, live, now, grace, grace); got != a(2) {
 		t.Fatalf("target %v, want %v", got, a(2))
 	}
 	peers[a(2)].catchUpAt = now
-	if got := catchUpTarget(peers, live, now, grace); got != a(3) {
+	if got := catchUpTarget(peers, live, now, grace, grace); got != a(3) {
 		t.Fatalf("after catching up with %v: target %v, want %v", a(2), got, a(3))
 	}
 	live[nodeName(a(3))] = true
-	if got := catchUpTarget(peers, live, now, grace); got.IsValid() {
+	if got := catchUpTarget(peers, live, now, grace, grace); got.IsValid() {
 		t.Fatalf("target %v, want none", got)
+	}
+	// After a join storm the minimum age drops to a second: a(4) is due.
+	if got := catchUpTarget(peers, live, now, time.Second, grace); got != a(4) {
+		t.Fatalf("with a 1 s minimum age: target %v, want %v", got, a(4))
 	}
 }

@@ -110,6 +110,7 @@ const maxEndpoints = 4
 type meta struct {
 	agentKey  identity.PublicKey
 	wgKey     identity.WGPublicKey
+	addr      netip.Addr // derived from the key once: it is a cSHAKE per call
 	seq       uint64
 	digest    [16]byte
 	endpoints []netip.AddrPort
@@ -163,6 +164,7 @@ func decodeMeta(b []byte) (*meta, error) {
 	if m.wgKey, err = sr.Signer.WireGuard(); err != nil {
 		return nil, refusal(ReasonMalformed, err)
 	}
+	m.addr = m.wgKey.Addr()
 	return m, nil
 }
 

@@ -77,6 +77,7 @@ func main() {
 	logs := flag.String("logs", "bench/out", "keep results.json and agent6's logs in a new directory under this `dir`")
 	level := flag.String("log-level", "warn", "level of agent6's node logs: debug, info, warn, error or off")
 	flag.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file`")
+	flag.BoolVar(&b.trace, "trace", false, "log every second of each convergence how the pairs not yet alive stand")
 	flag.BoolVar(&b.heapProfiles, "heapprofile", false, "write a heap profile of each cluster at rest to the -logs directory")
 	debugAddr := flag.String("debug-addr", "", "serve net/http/pprof on this `address` (e.g. localhost:6060) while running")
 	timeout := flag.Duration("timeout", 10*time.Minute, "budget for the whole run; sizes that would not fit are skipped")
@@ -153,6 +154,7 @@ type bench struct {
 	// Profiles.
 	cpuProfile   string
 	heapProfiles bool
+	trace        bool
 
 	results   []*gossip.Result
 	notes     []string // sizes skipped and why
@@ -227,6 +229,7 @@ func (b *bench) run(ctx context.Context, out, level string) error {
 				MemLimit:       b.memLimit,
 				Logger:         logger,
 				Progress:       log.Printf,
+				Trace:          b.trace,
 				AtRest:         b.atRest(sys, n),
 			})
 			b.results = append(b.results, r)

@@ -159,14 +159,17 @@ func (b *Bundle) Verify(certDER []byte, now time.Time) (*Credential, error) {
 	if len(cas) == 0 {
 		return nil, fmt.Errorf("%w: %s: trust domain %q is not in the bundle", ErrUntrusted, id, td)
 	}
+	// Candidates by name; the signature is checked once, by crypto/x509's
+	// path validation below (checking it here as well cost a second
+	// Ed25519 verification per credential: 1.4 CPU-s in a 200-node join).
 	var signers []*x509.Certificate
 	for _, ca := range cas {
-		if bytes.Equal(leaf.RawIssuer, ca.cert.RawSubject) && leaf.CheckSignatureFrom(ca.cert) == nil {
+		if bytes.Equal(leaf.RawIssuer, ca.cert.RawSubject) {
 			signers = append(signers, ca.cert)
 		}
 	}
 	if len(signers) == 0 {
-		return nil, fmt.Errorf("%w: %s: not signed by a CA of trust domain %q", ErrUntrusted, id, td)
+		return nil, fmt.Errorf("%w: %s: not issued by a CA of trust domain %q", ErrUntrusted, id, td)
 	}
 
 	// Validity, of the credential and of a CA that signed it.
@@ -228,8 +231,9 @@ func (b *Bundle) Verify(certDER []byte, now time.Time) (*Credential, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrBadCredential, id, err)
 	}
 
-	// What is left of the standard path validation (name chaining, key
-	// identifiers, path length, extended key usage) is crypto/x509's.
+	// The signature, and what is left of the standard path validation
+	// (name chaining, key identifiers, path length, extended key usage),
+	// is crypto/x509's.
 	pool := x509.NewCertPool()
 	for _, ca := range signers {
 		pool.AddCert(ca)
@@ -243,7 +247,7 @@ func (b *Bundle) Verify(certDER []byte, now time.Time) (*Credential, error) {
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
 			return nil, fmt.Errorf("%w: %s: %v", ErrExpired, id, err)
 		}
-		return nil, fmt.Errorf("%w: %s: %v", ErrUntrusted, id, err)
+		return nil, fmt.Errorf("%w: %s: not signed by a CA of trust domain %q: %v", ErrUntrusted, id, td, err)
 	}
 
 	return &Credential{

@@ -874,3 +874,18 @@ func openSSLIPv6(a netip.Addr) string {
 	}
 	return strings.Join(groups, ":")
 }
+
+// BenchmarkBundleVerify is what admitting one agent costs in credential
+// checks: each node verifies each other's credential once.
+func BenchmarkBundleVerify(b *testing.B) {
+	ca := newTestCA(b, "example.org")
+	bundle := testBundle(b, ca)
+	k, _ := GeneratePrivateKey()
+	der := issue(b, ca, k, "alice")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := bundle.Verify(der, testNow); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -461,8 +461,18 @@ func TestLeaveAndRejoin(t *testing.T) {
 	nodes := []*node.Node{seed, a, b}
 	waitFor(t, 20*time.Second, "full mesh", func() bool { return fullMesh(nodes) })
 	b.Close()
-	waitFor(t, 20*time.Second, "b removed", func() bool {
-		return !admitted(seed)[b.Addr()] && !admitted(a)[b.Addr()]
+	// A graceful leave: b tells its peers through WireGuard, so each
+	// removes it at once and shows it as left, not dead.
+	left := func(n *node.Node) bool {
+		for _, m := range n.Members() {
+			if m.Addr == b.Addr() {
+				return m.State == "left"
+			}
+		}
+		return false
+	}
+	waitFor(t, 2*time.Second, "b removed and shown as left", func() bool {
+		return !admitted(seed)[b.Addr()] && !admitted(a)[b.Addr()] && left(seed) && left(a)
 	})
 	b = start()
 	defer b.Close()

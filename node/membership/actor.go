@@ -562,6 +562,7 @@ func (m *Membership) catchUp(now time.Time) {
 	target := catchUpTarget(m.peers, live, now, minAge, spread)
 	if target.IsValid() {
 		m.peers[target].catchUpAt = now
+		m.peers[target].catchUps++
 	}
 	m.mu.Unlock()
 	if !target.IsValid() {
@@ -576,12 +577,20 @@ func (m *Membership) catchUp(now time.Time) {
 
 // catchUpTarget picks the peer admitted longest ago of those admitted at
 // least minAge ago, not declared dead, unknown to memberlist (live, by node
-// name) and not caught up with in the last retry; the zero Addr if none.
+// name) and due: retry after the last catch-up with it, doubling with each
+// one that did not help (up to 32 × retry), since a peer that is admitted
+// but cut off from gossip would otherwise be asked every retry by every
+// node. It resets the count of peers memberlist knows. The zero Addr if
+// none is due. Called with m.mu held.
 func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, minAge, retry time.Duration) netip.Addr {
 	var target netip.Addr
 	var oldest time.Time
 	for addr, p := range peers {
-		if !p.admitted || p.state == "dead" || live[nodeName(addr)] || now.Sub(p.admittedAt) < minAge || now.Sub(p.catchUpAt) < retry {
+		if live[nodeName(addr)] {
+			p.catchUps = 0
+			continue
+		}
+		if !p.admitted || p.state == "dead" || now.Sub(p.admittedAt) < minAge || now.Sub(p.catchUpAt) < retry<<min(p.catchUps, 5) {
 			continue
 		}
 		if !target.IsValid() || p.admittedAt.Before(oldest) {

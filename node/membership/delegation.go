@@ -24,6 +24,12 @@ const (
 	frameDelegate = 3 // body: n(1) then n × (len(2) | SignedRecord), root first
 	frameDAck     = 4 // body: task address(16)
 	frameEnd      = 5 // body: task address(16)
+	// frameLeave: the sender is leaving the cluster (body: none). It
+	// travels inside WireGuard, so its source is authenticated; memberlist
+	// cannot tell its receivers a graceful leave from a death (v0.7.0
+	// hands NotifyLeave a Node whose State is never set), and a death is
+	// given a grace before its peer is removed (markDead).
+	frameLeave = 6
 )
 
 // ReasonBadDelegation counts delegations refused: forged, broken chain,
@@ -112,7 +118,7 @@ func (m *Membership) taskReadLoop() {
 			if len(b) == 3+16 {
 				m.tasksvc.acked(netip.AddrFrom16([16]byte(b[3:19])), src.Addr())
 			}
-		case frameDelegate, frameEnd:
+		case frameDelegate, frameEnd, frameLeave:
 			m.enqueue(event{kind: evTask, from: src, data: append([]byte(nil), b...)})
 		default:
 			m.refuse(refusal(ReasonMalformed, fmt.Errorf("task frame type %d", b[2])), "addr", src.Addr())
@@ -129,8 +135,8 @@ func (s *taskService) acked(task, peer netip.Addr) {
 	}
 }
 
-// handleTaskFrame processes a DELEGATE or END from a peer. Called by the
-// actor only.
+// handleTaskFrame processes a DELEGATE, END or LEAVE from a peer. Called
+// by the actor only.
 func (m *Membership) handleTaskFrame(from netip.AddrPort, b []byte) {
 	m.mu.Lock()
 	p := m.peers[from.Addr()]
@@ -142,6 +148,11 @@ func (m *Membership) handleTaskFrame(from netip.AddrPort, b []byte) {
 	m.mu.Unlock()
 	if !admitted {
 		m.refuse(refusal(ReasonBadDelegation, fmt.Errorf("task frame from %s, which is not an admitted agent", from.Addr())))
+		return
+	}
+	if b[2] == frameLeave {
+		m.log.Info("peer is leaving", "addr", from.Addr())
+		m.remove(from.Addr(), "left")
 		return
 	}
 	if b[2] == frameEnd {

@@ -107,10 +107,14 @@ type Member struct {
 	TrustDomain string               `json:"trust_domain"`
 	Groups      []string             `json:"groups,omitempty"`
 	Roles       []string             `json:"roles,omitempty"`
-	State       string               `json:"state"` // alive, suspect, dead, left, revoked, expired, pending
-	Endpoint    netip.AddrPort       `json:"endpoint"`
-	Expires     time.Time            `json:"expires"`
-	Card        *card.Card           `json:"card,omitempty"`
+	// State is alive, dead, left, revoked, expired or pending. memberlist
+	// v0.7.0 does not tell its users that a node is suspect (the State of
+	// the Nodes it hands out is never set: hashicorp/memberlist#293), so
+	// a suspect node shows as alive; "suspect" appears if it ever does.
+	State    string         `json:"state"`
+	Endpoint netip.AddrPort `json:"endpoint"`
+	Expires  time.Time      `json:"expires"`
+	Card     *card.Card     `json:"card,omitempty"`
 }
 
 // Stats are membership's counters.
@@ -195,6 +199,7 @@ type peer struct {
 	deadSince  time.Time // when memberlist declared it dead; zero otherwise
 	admittedAt time.Time
 	catchUpAt  time.Time // last push/pull asked for because memberlist had not heard of it
+	catchUps   int       // such push/pulls since memberlist last knew it
 	tasks      map[netip.Addr]*remoteTask
 }
 
@@ -490,8 +495,8 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
-// Lookup returns what membership knows of the agent at addr. Unlike
-// Members it does not ask memberlist, so a suspect peer shows as alive.
+// Lookup returns what membership knows of the agent at addr, without
+// asking memberlist.
 func (m *Membership) Lookup(addr netip.Addr) (Member, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -551,7 +556,28 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	if m.ml == nil {
 		return nil
 	}
+	m.sayLeaving()
 	return m.ml.Leave(timeout)
+}
+
+// sayLeaving tells every admitted peer, through WireGuard, that this node
+// is leaving, so that each removes it at once and shows it as left.
+func (m *Membership) sayLeaving() {
+	if m.tasksvc == nil {
+		return
+	}
+	m.mu.Lock()
+	var to []netip.Addr
+	for a, p := range m.peers {
+		if p.admitted {
+			to = append(to, a)
+		}
+	}
+	m.mu.Unlock()
+	frame := []byte{ctrlMagic, ctrlVersion, frameLeave}
+	for _, a := range to {
+		m.tasksvc.pc.WriteTo(frame, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, TaskPort)))
+	}
 }
 
 // Close stops gossip. It is idempotent.
@@ -580,6 +606,8 @@ func (m *Membership) stop() {
 	m.wg.Wait()
 }
 
+// stateName names a memberlist state. The Nodes memberlist v0.7.0 lists
+// always carry StateAlive (see Member.State).
 func stateName(s memberlist.NodeStateType) string {
 	switch s {
 	case memberlist.StateAlive:

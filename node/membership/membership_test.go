@@ -194,7 +194,7 @@ func TestCatchUpTarget(t *testing.T) {
 	if got := catchUpTarget(peers, live, now, grace, grace); got != a(2) {
 		t.Fatalf("target %v, want %v", got, a(2))
 	}
-	peers[a(2)].catchUpAt = now
+	peers[a(2)].catchUpAt, peers[a(2)].catchUps = now, 1
 	if got := catchUpTarget(peers, live, now, grace, grace); got != a(3) {
 		t.Fatalf("after catching up with %v: target %v, want %v", a(2), got, a(3))
 	}
@@ -205,5 +205,24 @@ func TestCatchUpTarget(t *testing.T) {
 	// After a join storm the minimum age drops to a second: a(4) is due.
 	if got := catchUpTarget(peers, live, now, time.Second, grace); got != a(4) {
 		t.Fatalf("with a 1 s minimum age: target %v, want %v", got, a(4))
+	}
+	// A peer caught up with in vain is asked again after twice as long
+	// each time; one memberlist knows again starts over.
+	peers[a(4)].catchUpAt = now
+	delete(peers, a(2))
+	delete(peers, a(6))
+	for tries, wait := range []time.Duration{grace, 2 * grace, 4 * grace} {
+		peers[a(4)].catchUps = tries + 1
+		if got := catchUpTarget(peers, live, now.Add(2*wait-time.Millisecond), time.Second, grace); got.IsValid() {
+			t.Fatalf("after %d tries, %v later: target %v, want none", tries+1, 2*wait-time.Millisecond, got)
+		}
+		if got := catchUpTarget(peers, live, now.Add(2*wait), time.Second, grace); got != a(4) {
+			t.Fatalf("after %d tries, %v later: target %v, want %v", tries+1, 2*wait, got, a(4))
+		}
+	}
+	live[nodeName(a(4))] = true
+	catchUpTarget(peers, live, now, time.Second, grace)
+	if peers[a(4)].catchUps != 0 {
+		t.Fatalf("catch-ups of a peer memberlist knows: %d, want 0", peers[a(4)].catchUps)
 	}
 }

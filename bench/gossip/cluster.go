@@ -274,6 +274,11 @@ func (c *agent6) pushPull(ctx context.Context, i, j int) error {
 func (c *agent6) crash(i int) error {
 	c.trs[i].mute()
 	c.left[i] = true
+	// Membership closed first: Node.Close then has no one to say LEAVE
+	// for it, as after kill -9.
+	if m := c.nodes[i].Membership(); m != nil {
+		m.Close()
+	}
 	return c.nodes[i].Close()
 }
 

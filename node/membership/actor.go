@@ -450,11 +450,6 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	}
 	p.tasks = nil
 	key := p.rec.wgKey
-	var askBack []netip.AddrPort
-	if state == "dead" {
-		askBack = p.targets()
-		p.helloAt = time.Now()
-	}
 	m.mu.Unlock()
 	if !was {
 		return
@@ -467,13 +462,6 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	}
 	m.removes.Add(1)
 	m.log.Info("peer removed", "addr", addr, "peer", key.ShortString(), "state", state)
-	// A node declared dead by mistake (slow under load, briefly cut off)
-	// answers a HELLO at once and is re-admitted; waiting for the next
-	// reconnect tick would keep it out for up to ReconnectInterval, since
-	// its refutation cannot reach a node that removed its WireGuard peer.
-	for _, ep := range askBack {
-		m.sendHello(ep, ctrlHello)
-	}
 }
 
 // targets are the endpoints a HELLO to p goes to: where it was last heard

@@ -260,11 +260,11 @@ func (b *bench) removalReport(w *bytes.Buffer, c *memberlist.Config, find func(s
 		"alive nor suspect (agent6: State dead or left; memberlist: no longer in `Members()`) and, for agent6, until no node lists its key "+
 		"in `Status().Peers`; each node counts from the first poll that sees it so. %v later, the nodes that list it alive or suspect again, "+
 		"or as a WireGuard peer, are counted. "+
-		"*Crash*: the node's memberlist transport starts dropping everything, then the node is closed (agent6: `Node.Close`, whose `Leave` "+
-		"then reaches no one; memberlist: `Shutdown`), so nothing of it answers, as when the process dies. "+
+		"*Crash*: the node's memberlist transport starts dropping everything, then the node is closed (agent6: its membership is closed, "+
+		"so that `Node.Close` sends no LEAVE, then `Node.Close`; memberlist: `Shutdown`), so nothing of it answers, as when the process dies. "+
 		"*Cut off from gossip*: the same silence, but the node keeps running: agent6's WireGuard device and UDP socket, where HELLO/ACK "+
 		"control frames travel, stay up (as with a broken data path, a wedged memberlist or an MTU black hole). "+
-		"*Leave*: `Close()` (agent6: `Leave(1 s)` inside `Node.Close`; memberlist: `Leave(1 s)` then `Shutdown`). "+
+		"*Leave*: `Close()` (agent6: `Leave(1 s)` inside `Node.Close`, which first sends each peer a LEAVE through WireGuard; memberlist: `Leave(1 s)` then `Shutdown`). "+
 		"For comparison, memberlist's suspicion timeout at %d nodes is SuspicionMult × max(1, log10 n) × ProbeInterval = %.1f s "+
 		"(Lifeguard starts a suspicion at %d× that, %.0f s, and shortens it as other nodes confirm it), and a push/pull interval is %.0f s, "+
 		"so suspicion + push/pull = %.0f s.\n\n",

@@ -59,11 +59,7 @@ func (f *Filter) EndAwait(dst netip.Addr, deliver bool) {
 		f.drops[DropNotAdmitted].Add(uint64(len(held)))
 		return
 	}
-	f.readyMu.Lock()
-	f.ready = append(f.ready, held...)
-	f.readyN.Store(int32(len(f.ready)))
-	f.readyMu.Unlock()
-	f.wake()
+	f.send(held...)
 }
 
 // Awaiting reports whether packets to dst are being held.
@@ -81,11 +77,7 @@ func (f *Filter) holdAwaiting(w *awaited, pkt []byte) {
 	switch {
 	case w.done:
 		w.mu.Unlock()
-		f.readyMu.Lock()
-		f.ready = append(f.ready, cp)
-		f.readyN.Store(int32(len(f.ready)))
-		f.readyMu.Unlock()
-		f.wake()
+		f.send(cp)
 		return
 	case len(w.held) >= maxHeld:
 		w.mu.Unlock()

@@ -153,11 +153,7 @@ func (f *Filter) Release(task, dst netip.Addr) {
 	if len(held) == 0 {
 		return
 	}
-	f.readyMu.Lock()
-	f.ready = append(f.ready, held...)
-	f.readyN.Store(int32(len(f.ready)))
-	f.readyMu.Unlock()
-	f.wake()
+	f.send(held...)
 }
 
 // Discard drops the packets held for dst (the delegation could not be
@@ -194,6 +190,16 @@ func (f *Filter) Forget(task, dst netip.Addr) {
 		}
 	}
 	t.peers.Store(&next)
+}
+
+// send queues held packets to go out on the next Read, and wakes the
+// reader so that it comes now.
+func (f *Filter) send(pkts ...[]byte) {
+	f.readyMu.Lock()
+	f.ready = append(f.ready, pkts...)
+	f.readyN.Store(int32(len(f.ready)))
+	f.readyMu.Unlock()
+	f.wake()
 }
 
 // takeReady moves released packets into bufs and filters them like any

@@ -410,9 +410,6 @@ func (m *Membership) markDead(addr netip.Addr) {
 // removeDead removes the peers declared dead at least deadGrace ago and
 // not alive since.
 func (m *Membership) removeDead(now time.Time) {
-	if m.ml == nil {
-		return
-	}
 	grace := m.deadGrace()
 	var dead []netip.Addr
 	m.mu.Lock()
@@ -528,7 +525,7 @@ func (m *Membership) reconnectDead() {
 // at 100 nodes) or the reconciliation would remove the peer. One push/pull
 // brings the peer's whole view, so one per second is enough.
 func (m *Membership) catchUp(now time.Time) {
-	if m.ml == nil || m.leaving.Load() {
+	if m.leaving.Load() {
 		return
 	}
 	spread := gossipSpread(m.mlConf, m.ml.NumMembers())

@@ -195,26 +195,32 @@ func TestSidecarNetns(t *testing.T) {
 		}
 		defer func() { srv.Process.Kill(); srv.Wait() }()
 		var out []byte
-		for i := range 50 { // wait for the server to listen
-			out, err = a.ns.Run(ctx, "iperf3", "-c", b.addr.String(), "-t", "2", "--json")
-			if err == nil || i == 49 {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			t.Fatalf("iperf3: %v\n%s", err, out)
-		}
 		var res struct {
-			End struct {
+			Error string `json:"error"`
+			End   struct {
 				SumReceived struct {
 					Bytes         uint64  `json:"bytes"`
 					BitsPerSecond float64 `json:"bits_per_second"`
 				} `json:"sum_received"`
 			} `json:"end"`
 		}
-		if err := json.Unmarshal(out, &res); err != nil {
-			t.Fatal(err)
+		// Wait for the server to listen: until then the client fails,
+		// with --json sometimes with exit status 0 and an "error" field.
+		for i := range 50 {
+			out, err = a.ns.Run(ctx, "iperf3", "-c", b.addr.String(), "-t", "2", "--json")
+			res.Error = ""
+			if err == nil {
+				if jerr := json.Unmarshal(out, &res); jerr != nil {
+					t.Fatalf("iperf3 output: %v\n%s", jerr, out)
+				}
+			}
+			if (err == nil && res.Error == "") || i == 49 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil || res.Error != "" {
+			t.Fatalf("iperf3: %v %s\n%s", err, res.Error, out)
 		}
 		if res.End.SumReceived.Bytes == 0 {
 			t.Fatalf("iperf3 moved no bytes:\n%s", out)

@@ -471,7 +471,7 @@ func TestLeaveAndRejoin(t *testing.T) {
 		}
 		return false
 	}
-	waitFor(t, 2*time.Second, "b removed and shown as left", func() bool {
+	waitFor(t, 5*time.Second, "b removed and shown as left", func() bool {
 		return !admitted(seed)[b.Addr()] && !admitted(a)[b.Addr()] && left(seed) && left(a)
 	})
 	b = start()

@@ -522,29 +522,20 @@ func (m *Membership) reconnectDead() {
 // of although gossip had time to bring it: its alive message was lost (a
 // dropped packet in a join storm) and gossip has stopped retransmitting
 // it, so without this the pair would wait for a periodic push/pull (90 s
-// at 100 nodes) or the reconciliation would remove the peer. One push/pull
-// brings the peer's whole view, so one per second is enough.
+// at 100 nodes) or the reconciliation would remove the peer (at 100 nodes
+// the join took 40 s instead of 3 without it). One push/pull brings the
+// peer's whole view, so one per second is enough.
 func (m *Membership) catchUp(now time.Time) {
 	if m.leaving.Load() {
 		return
-	}
-	spread := gossipSpread(m.mlConf, m.ml.NumMembers())
-	// Once memberlist has heard of no new node for a second, a join storm
-	// (if any) is over and an admitted peer it still has not heard of was
-	// lost: catch up after a second. While it keeps hearing of new nodes,
-	// their alive messages queue behind each other for longer than one
-	// message's spread, and push/pulls would add to the busiest moment:
-	// wait for five spreads.
-	minAge := 5 * spread
-	if now.Sub(time.Unix(0, m.lastJoin.Load())) >= time.Second {
-		minAge = time.Second
 	}
 	live := make(map[string]bool)
 	for _, n := range m.ml.Members() {
 		live[n.Name] = true
 	}
+	spread := gossipSpread(m.mlConf, m.ml.NumMembers())
 	m.mu.Lock()
-	target := catchUpTarget(m.peers, live, now, minAge, spread)
+	target := catchUpTarget(m.peers, live, now, spread)
 	if target.IsValid() {
 		m.peers[target].catchUpAt = now
 		m.peers[target].catchUps++
@@ -560,27 +551,43 @@ func (m *Membership) catchUp(now time.Time) {
 	}
 }
 
-// catchUpTarget picks the peer admitted longest ago of those admitted at
-// least minAge ago, not declared dead, unknown to memberlist (live, by node
-// name) and due: retry after the last catch-up with it, doubling with each
-// one that did not help (up to 32 × retry), since a peer that is admitted
-// but cut off from gossip would otherwise be asked every retry by every
-// node. It resets the count of peers memberlist knows. The zero Addr if
-// none is due. Called with m.mu held.
-func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, minAge, retry time.Duration) netip.Addr {
+// maxStragglers is how many admitted peers memberlist may not know of for
+// them to count as lost rather than still on their way.
+const maxStragglers = 3
+
+// catchUpTarget picks the admitted peer to catch up with: of those not
+// declared dead and unknown to memberlist (live, by node name), the one
+// admitted longest ago, once due. A few such peers (maxStragglers) are
+// stragglers whose alive message was lost: due a second after admission.
+// Many means gossip is still spreading a join storm's alive messages,
+// which queue behind each other for longer than one message's spread, and
+// push/pulls would add to the busiest moment (at 200 nodes, 3–4 CPU-s and
+// a slower join): then only after ten spreads. After a catch-up that did
+// not help (a peer admitted but cut off from gossip) the next waits spread,
+// doubling each time up to 32 spreads. It resets the count of peers
+// memberlist knows. The zero Addr if none is due. Called with m.mu held.
+func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, spread time.Duration) netip.Addr {
 	var target netip.Addr
 	var oldest time.Time
+	unknown := 0
 	for addr, p := range peers {
 		if live[nodeName(addr)] {
 			p.catchUps = 0
 			continue
 		}
-		if !p.admitted || p.state == "dead" || now.Sub(p.admittedAt) < minAge || now.Sub(p.catchUpAt) < retry<<min(p.catchUps, 5) {
+		if !p.admitted || p.state == "dead" {
+			continue
+		}
+		unknown++
+		if now.Sub(p.admittedAt) < time.Second || now.Sub(p.catchUpAt) < spread<<min(p.catchUps, 5) {
 			continue
 		}
 		if !target.IsValid() || p.admittedAt.Before(oldest) {
 			target, oldest = addr, p.admittedAt
 		}
+	}
+	if unknown > maxStragglers && now.Sub(oldest) < 10*spread {
+		return netip.Addr{}
 	}
 	return target
 }

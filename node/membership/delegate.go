@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"time"
 
 	"github.com/hashicorp/memberlist"
 
@@ -207,10 +206,7 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (d *delegate) NotifyJoin(n *memberlist.Node) {
-	d.m().lastJoin.Store(time.Now().UnixNano())
-	d.event(evJoin, n, "alive")
-}
+func (d *delegate) NotifyJoin(n *memberlist.Node) { d.event(evJoin, n, "alive") }
 
 // NotifyUpdate implements memberlist.EventDelegate.
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.event(evJoin, n, "alive") }

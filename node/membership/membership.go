@@ -176,7 +176,6 @@ type Membership struct {
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
-	lastJoin atomic.Int64 // when memberlist last heard of a node, Unix ns
 	removes  atomic.Uint64
 
 	done      chan struct{}

@@ -179,50 +179,54 @@ func TestGossipSpread(t *testing.T) {
 
 func TestCatchUpTarget(t *testing.T) {
 	now := time.Now()
-	grace := 2 * time.Second
+	spread := 2 * time.Second
 	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 0x00, 0x20, 15: i}) }
 	peers := map[netip.Addr]*peer{
-		a(1): {admitted: true, admittedAt: now.Add(-5 * time.Second)},                                   // known to memberlist
-		a(2): {admitted: true, admittedAt: now.Add(-4 * time.Second)},                                   // the oldest unknown: picked
-		a(3): {admitted: true, admittedAt: now.Add(-3 * time.Second)},                                   // unknown, younger
-		a(4): {admitted: true, admittedAt: now.Add(-time.Second)},                                       // within the grace
-		a(5): {admitted: false, admittedAt: now.Add(-9 * time.Second)},                                  // not admitted
-		a(6): {admitted: true, admittedAt: now.Add(-9 * time.Second), catchUpAt: now.Add(-time.Second)}, // asked recently
-		a(7): {admitted: true, admittedAt: now.Add(-9 * time.Second), state: "dead"},                    // declared dead
+		a(1): {admitted: true, admittedAt: now.Add(-5 * time.Second), catchUps: 2},                                   // known to memberlist
+		a(2): {admitted: true, admittedAt: now.Add(-4 * time.Second)},                                                // the oldest unknown: picked
+		a(3): {admitted: true, admittedAt: now.Add(-3 * time.Second)},                                                // unknown, younger
+		a(5): {admitted: false, admittedAt: now.Add(-9 * time.Second)},                                               // not admitted
+		a(6): {admitted: true, admittedAt: now.Add(-9 * time.Second), catchUpAt: now.Add(-time.Second), catchUps: 3}, // caught up with recently, in vain 3 times
+		a(7): {admitted: true, admittedAt: now.Add(-9 * time.Second), state: "dead"},                                 // declared dead
 	}
 	live := map[string]bool{nodeName(a(1)): true}
-	if got := catchUpTarget(peers, live, now, grace, grace); got != a(2) {
+	if got := catchUpTarget(peers, live, now, spread); got != a(2) {
 		t.Fatalf("target %v, want %v", got, a(2))
 	}
-	peers[a(2)].catchUpAt, peers[a(2)].catchUps = now, 1
-	if got := catchUpTarget(peers, live, now, grace, grace); got != a(3) {
-		t.Fatalf("after catching up with %v: target %v, want %v", a(2), got, a(3))
+	if peers[a(1)].catchUps != 0 {
+		t.Fatalf("catch-ups of a peer memberlist knows: %d, want 0", peers[a(1)].catchUps)
 	}
-	live[nodeName(a(3))] = true
-	if got := catchUpTarget(peers, live, now, grace, grace); got.IsValid() {
-		t.Fatalf("target %v, want none", got)
-	}
-	// After a join storm the minimum age drops to a second: a(4) is due.
-	if got := catchUpTarget(peers, live, now, time.Second, grace); got != a(4) {
-		t.Fatalf("with a 1 s minimum age: target %v, want %v", got, a(4))
-	}
-	// A peer caught up with in vain is asked again after twice as long
-	// each time; one memberlist knows again starts over.
-	peers[a(4)].catchUpAt = now
-	delete(peers, a(2))
-	delete(peers, a(6))
-	for tries, wait := range []time.Duration{grace, 2 * grace, 4 * grace} {
-		peers[a(4)].catchUps = tries + 1
-		if got := catchUpTarget(peers, live, now.Add(2*wait-time.Millisecond), time.Second, grace); got.IsValid() {
-			t.Fatalf("after %d tries, %v later: target %v, want none", tries+1, 2*wait-time.Millisecond, got)
+	// A catch-up that did not help: the next is due after spread, then
+	// twice as long each time.
+	for tries, wait := range []time.Duration{spread, 2 * spread, 4 * spread} {
+		peers[a(2)].catchUpAt, peers[a(2)].catchUps = now, tries
+		if got := catchUpTarget(peers, live, now.Add(wait-time.Millisecond), spread); got == a(2) {
+			t.Fatalf("after %d tries, %v later: %v due already", tries, wait-time.Millisecond, a(2))
 		}
-		if got := catchUpTarget(peers, live, now.Add(2*wait), time.Second, grace); got != a(4) {
-			t.Fatalf("after %d tries, %v later: target %v, want %v", tries+1, 2*wait, got, a(4))
+		if got := catchUpTarget(peers, live, now.Add(wait), spread); got != a(2) {
+			t.Fatalf("after %d tries, %v later: target %v, want %v", tries, wait, got, a(2))
 		}
 	}
-	live[nodeName(a(4))] = true
-	catchUpTarget(peers, live, now, time.Second, grace)
-	if peers[a(4)].catchUps != 0 {
-		t.Fatalf("catch-ups of a peer memberlist knows: %d, want 0", peers[a(4)].catchUps)
+	peers[a(2)].catchUpAt = now
+	if got := catchUpTarget(peers, live, now, spread); got != a(3) {
+		t.Fatalf("with %v just caught up with: target %v, want %v", a(2), got, a(3))
+	}
+	// Admitted less than a second ago: not due yet.
+	peers[a(3)].admittedAt = now.Add(-500 * time.Millisecond)
+	if got := catchUpTarget(peers, live, now, spread); got.IsValid() {
+		t.Fatalf("with the only candidate admitted 0.5 s ago: target %v, want none", got)
+	}
+	peers[a(3)].admittedAt = now.Add(-3 * time.Second)
+	// More unknown peers than stragglers: gossip is still spreading a
+	// join storm; none is due until it has waited ten spreads.
+	for i := byte(10); i < 10+maxStragglers; i++ {
+		peers[a(i)] = &peer{admitted: true, admittedAt: now.Add(-3 * time.Second)}
+	}
+	if got := catchUpTarget(peers, live, now, spread); got.IsValid() {
+		t.Fatalf("during a storm: target %v, want none", got)
+	}
+	// Ten spreads on, the oldest due peer is: a(6), its backoff over.
+	if got := catchUpTarget(peers, live, now.Add(10*spread), spread); got != a(6) {
+		t.Fatalf("during a storm, ten spreads on: target %v, want %v", got, a(6))
 	}
 }

@@ -273,7 +273,10 @@ func (m *Membership) rememberRefusal(dig [16]byte, r Reason) {
 // verify checks a record completely: signature, key and address binding,
 // credential chain, expiry and revocation.
 func (m *Membership) verify(raw []byte) (*record, *identity.Credential, error) {
-	rec, err := parseRecord(raw)
+	m.mu.Lock()
+	vouched := m.metaVouches(raw)
+	m.mu.Unlock()
+	rec, err := parseRecord(raw, vouched)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,9 +1,11 @@
 package membership
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/hashicorp/memberlist"
 
@@ -118,7 +120,7 @@ func (m *Membership) verifiedMeta(b []byte) (*meta, error) {
 		return c, nil
 	}
 	m.mu.Unlock()
-	mt, err := decodeMeta(b)
+	mt, err := decodeMeta(b, m.recordImplies)
 	if err != nil {
 		return nil, err
 	}
@@ -135,6 +137,36 @@ func (m *Membership) verifiedMeta(b []byte) (*meta, error) {
 	m.metaByAddr[addr] = string(b)
 	m.mu.Unlock()
 	return mt, nil
+}
+
+// recordImplies reports whether a decoded meta repeats what the verified
+// record of its signer says — same sequence number, digest and endpoints —
+// so that its own signature need not be checked: it could tell this node
+// nothing new even if forged. Each agent's record and meta reach every
+// node, so this saves one Ed25519 verification per peer (with
+// metaVouches, whichever arrives second); at 200 nodes in one process,
+// about 2 CPU-s of a join.
+func (m *Membership) recordImplies(mt *meta) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[mt.addr]
+	if p == nil || p.rec == nil || p.rec.digest != mt.digest || p.rec.seq != mt.seq || !p.rec.agentKey.Equal(mt.agentKey) {
+		return false
+	}
+	return slices.Equal(p.rec.endpoints[:min(len(p.rec.endpoints), maxEndpoints)], mt.endpoints)
+}
+
+// metaVouches reports whether a verified meta of the record's signer
+// carries the record's digest: the meta's signature then covers the
+// record's bytes (a 128-bit SHA-256 prefix), and the record's own need not
+// be checked. Called with m.mu held.
+func (m *Membership) metaVouches(raw []byte) bool {
+	s, ok := m.metaByAddr[m.signerAddr(raw)]
+	if !ok {
+		return false
+	}
+	mt := m.metaCache[s]
+	return mt != nil && mt.digest == digestOf(raw) && bytes.Equal(raw[2:34], mt.agentKey.Bytes())
 }
 
 // signerAddr returns the address of a record's signer without verifying

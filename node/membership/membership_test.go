@@ -59,7 +59,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	b, _ := encodeMeta(k, 7, [16]byte{1}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1")})
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := decodeMeta(b)
+		m, err := decodeMeta(b, nil)
 		if err != nil {
 			return
 		}
@@ -78,7 +78,7 @@ func FuzzParseRecord(f *testing.F) {
 	b, _ := newRecord(k, 1, []byte{0x30, 0}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:1")}, []byte(`{"name":"x"}`), time.Unix(0, 0))
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseRecord(b)
+		r, err := parseRecord(b, false)
 		if err == nil && r.addr != r.wgKey.Addr() {
 			t.Fatal("record address not derived from its key")
 		}
@@ -105,7 +105,7 @@ func TestMetaFits(t *testing.T) {
 	if len(b) > memberlist.MetaMaxSize {
 		t.Fatalf("meta is %d bytes, memberlist allows %d", len(b), memberlist.MetaMaxSize)
 	}
-	m, err := decodeMeta(b)
+	m, err := decodeMeta(b, nil)
 	if err != nil || m.seq != 1<<63 || len(m.endpoints) != maxEndpoints || !m.agentKey.Equal(k.Public()) {
 		t.Fatalf("decode: %+v %v", m, err)
 	}
@@ -229,4 +229,77 @@ func TestCatchUpTarget(t *testing.T) {
 	if got := catchUpTarget(peers, live, now.Add(10*spread), spread); got != a(6) {
 		t.Fatalf("during a storm, ten spreads on: target %v, want %v", got, a(6))
 	}
+}
+
+// Each peer's signature is checked once: a meta that repeats its verified
+// record is taken without its own signature, and a record whose digest a
+// verified meta carries is vouched for; anything else is still checked.
+func TestSignatureCheckedOncePerPeer(t *testing.T) {
+	newM := func() *Membership {
+		m := &Membership{peers: map[netip.Addr]*peer{}, refused: map[[16]byte]Reason{},
+			metaCache: map[string]*meta{}, metaByAddr: map[netip.Addr]string{}, keyAddr: map[[32]byte]netip.Addr{}}
+		m.log = slog.New(slog.DiscardHandler)
+		return m
+	}
+	k, _ := identity.GeneratePrivateKey()
+	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820")}
+	raw, err := newRecord(k, 3, []byte{0x30, 0}, eps, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := parseRecord(raw, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge := func(b []byte) []byte { // the same content, a broken signature
+		b = append([]byte(nil), b...)
+		b[len(b)-1] ^= 1
+		return b
+	}
+
+	// Record first: the meta that repeats it needs no signature; one that
+	// says anything else does.
+	m := newM()
+	m.peers[rec.addr] = &peer{rec: rec, state: "pending"}
+	same, _ := encodeMeta(k, 3, rec.digest, eps)
+	if _, err := m.verifiedMeta(forge(same)); err != nil {
+		t.Fatalf("meta implied by the verified record refused: %v", err)
+	}
+	for name, b := range map[string][]byte{
+		"newer sequence":  mustMeta(t, k, 4, rec.digest, eps),
+		"other digest":    mustMeta(t, k, 3, [16]byte{1}, eps),
+		"other endpoints": mustMeta(t, k, 3, rec.digest, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:51820")}),
+		"no endpoints":    mustMeta(t, k, 3, rec.digest, nil),
+	} {
+		if _, err := m.verifiedMeta(forge(b)); reasonOf(err) != ReasonBadSignature {
+			t.Errorf("%s, forged: %v, want a bad signature", name, err)
+		}
+	}
+
+	// Meta first: it vouches for the record it names, and only for it.
+	m = newM()
+	if _, err := m.verifiedMeta(same); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := newRecord(k, 4, []byte{0x30, 0}, eps, nil, time.Now())
+	k2, _ := identity.GeneratePrivateKey()
+	stranger, _ := newRecord(k2, 3, []byte{0x30, 0}, eps, nil, time.Now())
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+		want bool
+	}{{"named record", raw, true}, {"another of its records", other, false}, {"another signer's", stranger, false}, {"short", raw[:10], false}} {
+		if got := m.metaVouches(tc.raw); got != tc.want {
+			t.Errorf("%s: vouched %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func mustMeta(t *testing.T, k identity.PrivateKey, seq uint64, dig [16]byte, eps []netip.AddrPort) []byte {
+	t.Helper()
+	b, err := encodeMeta(k, seq, dig, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -88,6 +88,7 @@ func (m *Membership) actor() {
 			m.reconnectDead()
 		case now := <-tick.C:
 			m.expireAsking(now)
+			m.checkDead(now)
 			m.removeDead(now)
 			m.catchUp(now)
 		case ev := <-m.events:
@@ -393,13 +394,12 @@ func (m *Membership) expireAsking(now time.Time) {
 	}
 }
 
-// remove takes a peer out of WireGuard, recording why.
 // markDead records that memberlist declared an admitted peer dead. Its
 // WireGuard peer stays for deadGrace (removeDead removes it then): a node
 // declared dead by mistake — slow under load, as in a join storm — hears
 // of it and refutes through the session it still has, where removing the
 // peer at once would cut the refutation off and cost a HELLO, a new
-// handshake and a push/pull to undo.
+// handshake and a push/pull to undo. checkDead uses that session too.
 func (m *Membership) markDead(addr netip.Addr) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -407,7 +407,47 @@ func (m *Membership) markDead(addr netip.Addr) {
 	if p == nil || !p.admitted || p.state == "dead" {
 		return
 	}
-	p.state, p.deadSince = "dead", time.Now()
+	p.state, p.deadSince, p.deadCheck = "dead", time.Now(), false
+}
+
+// deadCheckAfter is how long a peer declared dead may stay so before
+// checkDead push/pulls with it: a refutation that gossip brings within it
+// makes the push/pull unnecessary.
+const deadCheckAfter = time.Second
+
+// checkDead push/pulls, through the WireGuard session it keeps for
+// deadGrace, with each peer declared dead at least deadCheckAfter ago and
+// not alive since. A declaration of death is often stale rather than
+// wrong: the peer had refuted the suspicion with a higher incarnation
+// whose alive message this node missed, so the rest of the cluster
+// ignored the dead message, no one relayed it and the peer may never hear
+// of it; gossip had finished with the refutation too, so only a push/pull
+// repairs this node's view, where otherwise the peer would wait for the
+// next HELLO of reconnectDead (10 s; at 200 nodes one such pair held a
+// join up for 13 s). A live peer answers with its current state, which
+// revives it here or makes it refute; a dead one does not answer, and the
+// push/pull fails without effect after memberlist's TCPTimeout. Counted
+// as catch-ups.
+func (m *Membership) checkDead(now time.Time) {
+	if m.leaving.Load() {
+		return
+	}
+	var due []netip.Addr
+	m.mu.Lock()
+	for addr, p := range m.peers {
+		if p.admitted && p.state == "dead" && !p.deadCheck && now.Sub(p.deadSince) >= deadCheckAfter {
+			p.deadCheck = true
+			due = append(due, addr)
+		}
+	}
+	m.mu.Unlock()
+	for _, a := range due {
+		select {
+		case m.rejoin <- a:
+			m.catchUps.Add(1)
+		default:
+		}
+	}
 }
 
 // removeDead removes the peers declared dead at least deadGrace ago and
@@ -433,6 +473,7 @@ func (m *Membership) deadGrace() time.Duration {
 	return gossipSpread(m.mlConf, m.ml.NumMembers())
 }
 
+// remove takes a peer out of WireGuard, recording why.
 func (m *Membership) remove(addr netip.Addr, state string) {
 	m.mu.Lock()
 	p := m.peers[addr]

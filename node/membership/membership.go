@@ -196,6 +196,7 @@ type peer struct {
 	state      string
 	helloAt    time.Time
 	deadSince  time.Time // when memberlist declared it dead; zero otherwise
+	deadCheck  bool      // a push/pull asked for since it was declared dead
 	admittedAt time.Time
 	catchUpAt  time.Time // last push/pull asked for because memberlist had not heard of it
 	catchUps   int       // such push/pulls since memberlist last knew it
@@ -371,18 +372,35 @@ func gossipPacketSize(mtu int) int {
 	return gossipFragments*((mtu-48)&^7) - 8
 }
 
+// maxRejoins is how many push/pulls rejoinLoop runs at once. One with a
+// peer that really died waits out memberlist's TCPTimeout (10 s on a LAN);
+// the others must not queue behind it.
+const maxRejoins = 4
+
 // rejoinLoop push/pulls with peers that answered after being declared
-// dead, so that memberlist hears them refute it, and with admitted peers
-// memberlist never heard of (see catchUp).
+// dead, so that memberlist hears them refute it, with peers just declared
+// dead (see markDead) and with admitted peers memberlist never heard of
+// (see catchUp), at most maxRejoins at a time.
 func (m *Membership) rejoinLoop() {
+	slots := make(chan struct{}, maxRejoins)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		select {
 		case <-m.done:
 			return
 		case a := <-m.rejoin:
-			if _, err := m.ml.Join([]string{gossipAddr(a, m.cfg.Port)}); err != nil {
-				m.log.Debug("rejoin failed", "addr", a, "err", err)
+			select {
+			case slots <- struct{}{}:
+			case <-m.done:
+				return
 			}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				if _, err := m.ml.Join([]string{gossipAddr(a, m.cfg.Port)}); err != nil {
+					m.log.Debug("rejoin failed", "addr", a, "err", err)
+				}
+			})
 		}
 	}
 }

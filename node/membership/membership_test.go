@@ -303,3 +303,33 @@ func mustMeta(t *testing.T, k identity.PrivateKey, seq uint64, dig [16]byte, eps
 	}
 	return b
 }
+
+// A peer declared dead a while ago, and not alive since, is push/pulled
+// with once, through the session it keeps for the grace; one just
+// declared dead, or alive again, is not.
+func TestCheckDead(t *testing.T) {
+	now := time.Now()
+	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 15: i}) }
+	m := &Membership{rejoin: make(chan netip.Addr, 8), peers: map[netip.Addr]*peer{
+		a(1): {admitted: true, state: "dead", deadSince: now.Add(-deadCheckAfter)},               // due
+		a(2): {admitted: true, state: "dead", deadSince: now.Add(-deadCheckAfter / 2)},           // too soon
+		a(3): {admitted: true, state: "alive"},                                                   // refuted
+		a(4): {admitted: false, state: "dead", deadSince: now.Add(-10 * deadCheckAfter)},         // removed already
+		a(5): {admitted: true, state: "dead", deadSince: now.Add(-time.Minute), deadCheck: true}, // checked
+	}}
+	m.checkDead(now)
+	m.checkDead(now.Add(deadCheckAfter / 4)) // a(1) again: not twice
+	var got []netip.Addr
+	for len(m.rejoin) > 0 {
+		got = append(got, <-m.rejoin)
+	}
+	if len(got) != 1 || got[0] != a(1) || m.Stats().CatchUps != 1 {
+		t.Fatalf("push/pulled with %v (%d catch-ups), want [%v]", got, m.Stats().CatchUps, a(1))
+	}
+	m.markDead(a(3)) // declared dead anew: checked again once due
+	m.peers[a(3)].deadSince = now.Add(-2 * deadCheckAfter)
+	m.checkDead(now)
+	if len(m.rejoin) != 1 || <-m.rejoin != a(3) {
+		t.Fatal("a peer declared dead again was not checked")
+	}
+}

@@ -43,6 +43,9 @@ type cluster interface {
 	// stats sums the membership counters of every instance; zero for bare
 	// memberlist.
 	stats() membership.Stats
+	// filterDrops sums the packets every instance's filter dropped, by
+	// reason; nil for bare memberlist.
+	filterDrops() map[string]uint64
 	// pushPull makes instance i push/pull with instance j, as a join does.
 	pushPull(ctx context.Context, i, j int) error
 	// crash silences instance i's gossip, then stops it: its leave, if it
@@ -245,6 +248,23 @@ func (c *agent6) stats() membership.Stats {
 		sum.CatchUps += s.CatchUps
 		for r, v := range s.Refused {
 			sum.Refused[r] += v
+		}
+	}
+	return sum
+}
+
+func (c *agent6) filterDrops() map[string]uint64 {
+	sum := make(map[string]uint64)
+	for i, n := range c.nodes {
+		if c.left[i] {
+			continue
+		}
+		st, err := n.Status()
+		if err != nil {
+			continue
+		}
+		for r, v := range st.Filter.Drops {
+			sum[r] += v
 		}
 	}
 	return sum
@@ -457,6 +477,8 @@ func (c *bare) wireBytes() uint64 {
 func (c *bare) transport(i int) *transport { return c.trs[i] }
 
 func (c *bare) stats() membership.Stats { return membership.Stats{} }
+
+func (c *bare) filterDrops() map[string]uint64 { return nil }
 
 func (c *bare) pushPull(_ context.Context, i, j int) error {
 	_, err := c.mls[i].Join([]string{c.mls[j].LocalNode().Address()})

@@ -160,6 +160,9 @@ type Result struct {
 
 	// Stats sums agent6's membership counters over the nodes at the end.
 	Stats *membership.Stats `json:"membership,omitempty"`
+	// FilterDrops sums the packets agent6's filters dropped, by reason,
+	// over the nodes at the end.
+	FilterDrops map[string]uint64 `json:"filter_drops,omitempty"`
 
 	// Leaked is set when closing the cluster did not finish: its
 	// goroutines and memory are still held.
@@ -226,7 +229,7 @@ func Run(ctx context.Context, o Options) *Result {
 		}
 		r.Failure = what + err.Error()
 		if c != nil {
-			r.Stats = statsOf(c)
+			r.Stats, r.FilterDrops = statsOf(c), c.filterDrops()
 		}
 		return r
 	}
@@ -329,7 +332,7 @@ func Run(ctx context.Context, o Options) *Result {
 			return failed("removal: ", ctx.Err())
 		}
 	}
-	r.Stats = statsOf(c)
+	r.Stats, r.FilterDrops = statsOf(c), c.filterDrops()
 	return r
 }
 

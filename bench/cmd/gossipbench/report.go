@@ -326,21 +326,18 @@ func removalCell(v float64, r *gossip.Removal) string {
 func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, int) *gossip.Result) {
 	fmt.Fprintf(w, "\n## agent6 membership counters\n\nSummed over the nodes when the size ended: admissions, HELLO/ACK control frames "+
 		"(during the whole run, and in the rest window), removals, catch-ups (push/pulls with an admitted peer whose alive message gossip lost) "+
-		"and refusals by reason.\n\n")
-	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+		"refusals by reason, and the packets the nodes' filters dropped, by reason.\n\n")
+	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals | Filter drops |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, n := range sizes {
 		r := find(gossip.Agent6, n)
 		if r == nil || r.Stats == nil {
 			continue
 		}
-		var refused []string
-		for _, k := range slices.Sorted(maps.Keys(r.Stats.Refused)) {
-			refused = append(refused, fmt.Sprintf("%s %d", k, r.Stats.Refused[k]))
+		refused := make(map[string]uint64, len(r.Stats.Refused))
+		for k, v := range r.Stats.Refused {
+			refused[string(k)] = v
 		}
-		if len(refused) == 0 {
-			refused = []string{"none"}
-		}
-		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, strings.Join(refused, ", "))
+		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, byReason(refused), byReason(r.FilterDrops))
 	}
 }
 
@@ -387,4 +384,19 @@ func memberlistVersion() string {
 		}
 	}
 	return "(unknown)"
+}
+
+// byReason lists counts as "reason n, ...", by reason; "none" if there are
+// none.
+func byReason(counts map[string]uint64) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		if counts[k] > 0 {
+			out = append(out, fmt.Sprintf("%s %d", k, counts[k]))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }

@@ -476,8 +476,73 @@ func (m *Membership) joinOne(ctx context.Context, t Token) error {
 		}
 		break
 	}
-	_, err := m.ml.Join([]string{gossipAddr(t.Key.Addr(), m.cfg.Port)})
-	return err
+	return m.pushPullHedged(ctx, t.Key.Addr())
+}
+
+// joinHedge is how long a join's push/pull may take before another starts
+// with a peer admitted meanwhile, and maxJoinHedges how many such may run.
+const (
+	joinHedge     = 2 * time.Second
+	maxJoinHedges = 3
+)
+
+// pushPullHedged push/pulls with the node at seed, as memberlist's Join
+// does. When the seed is slow to answer — in a join storm every joiner
+// push/pulls with it at once, and at 200 nodes in one process one joiner
+// in seven waited out memberlist's whole TCPTimeout (10 s) — it also
+// push/pulls, every joinHedge, with a peer admitted meanwhile (one that
+// heard of this node from the seed's gossip and said HELLO): any member's
+// state is as good as the seed's. The first to succeed ends the join; the
+// others finish in the background.
+func (m *Membership) pushPullHedged(ctx context.Context, seed netip.Addr) error {
+	results := make(chan error, 1+maxJoinHedges)
+	pushPull := func(a netip.Addr) {
+		_, err := m.ml.Join([]string{gossipAddr(a, m.cfg.Port)})
+		results <- err
+	}
+	go pushPull(seed)
+	tried := map[netip.Addr]bool{seed: true}
+	running := 1
+	tick := time.NewTicker(joinHedge)
+	defer tick.Stop()
+	var last error
+	for running > 0 {
+		select {
+		case err := <-results:
+			running--
+			if err == nil {
+				return nil
+			}
+			last = err
+		case <-tick.C:
+			if len(tried) > maxJoinHedges {
+				continue
+			}
+			if a := m.hedgePeer(tried); a.IsValid() {
+				tried[a] = true
+				running++
+				m.log.Debug("join is slow; also push/pulling with a peer", "seed", seed, "peer", a)
+				go pushPull(a)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.done:
+			return net.ErrClosed
+		}
+	}
+	return last
+}
+
+// hedgePeer returns an admitted, live peer not in tried, or the zero Addr.
+func (m *Membership) hedgePeer(tried map[netip.Addr]bool) netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for a, p := range m.peers { // map order: a random pick
+		if p.admitted && p.state != "dead" && !tried[a] {
+			return a
+		}
+	}
+	return netip.Addr{}
 }
 
 // Members returns every agent this node knows of, admitted or not, sorted

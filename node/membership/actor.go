@@ -90,6 +90,7 @@ func (m *Membership) actor() {
 			m.expireAsking(now)
 			m.checkDead(now)
 			m.removeDead(now)
+			m.helloDead(now)
 			m.catchUp(now)
 		case ev := <-m.events:
 			m.handle(ev)
@@ -483,8 +484,12 @@ func (m *Membership) remove(addr netip.Addr, state string) {
 	}
 	was := p.admitted
 	p.admitted, p.state = false, state
-	if state == "dead" && p.deadSince.IsZero() {
-		p.deadSince = time.Now()
+	if state == "dead" {
+		now := time.Now()
+		if p.deadSince.IsZero() {
+			p.deadSince = now
+		}
+		p.reconnectAt, p.reconnectGap = now.Add(firstReconnect), 0
 	}
 	for t := range p.tasks { // a node that comes back delivers its tasks again
 		delete(m.taskOwner, t)
@@ -523,8 +528,7 @@ func (p *peer) targets() []netip.AddrPort {
 // reconnectDead reconciles the peer table with memberlist — an admitted
 // peer that memberlist has not listed as alive or suspect for three
 // intervals is removed (a leave event lost, or a HELLO answered just before
-// its sender left) — then sends a HELLO to each peer declared dead, and
-// forgets those dead longer than DeadForget.
+// its sender left) — and forgets the peers dead longer than DeadForget.
 func (m *Membership) reconnectDead() {
 	now := time.Now()
 	if m.ml != nil {
@@ -544,16 +548,37 @@ func (m *Membership) reconnectDead() {
 			m.remove(a, "dead")
 		}
 	}
-	var targets []netip.AddrPort
 	m.mu.Lock()
 	for addr, p := range m.peers {
-		if p.admitted || p.deadSince.IsZero() {
-			continue
-		}
-		if now.Sub(p.deadSince) > m.cfg.DeadForget {
+		if !p.admitted && !p.deadSince.IsZero() && now.Sub(p.deadSince) > m.cfg.DeadForget {
 			delete(m.peers, addr)
+		}
+	}
+	m.mu.Unlock()
+}
+
+// firstReconnect is how long after its removal a dead peer is first sent a
+// HELLO; the gap then doubles up to ReconnectInterval.
+const firstReconnect = time.Second
+
+// helloDead sends a HELLO to each removed dead peer that is due one: a
+// node wrongly declared dead answers, is re-admitted, and a push/pull
+// lets memberlist hear its refutation. The first goes out firstReconnect
+// after the removal, because most declarations of death in a join storm
+// are wrong and each is undone only by this: with every 10 s, as before,
+// the last few held a 200-node join up for as long.
+func (m *Membership) helloDead(now time.Time) {
+	if m.leaving.Load() {
+		return
+	}
+	var targets []netip.AddrPort
+	m.mu.Lock()
+	for _, p := range m.peers {
+		if p.admitted || p.deadSince.IsZero() || now.Before(p.reconnectAt) {
 			continue
 		}
+		p.reconnectGap = min(max(2*p.reconnectGap, firstReconnect), m.cfg.ReconnectInterval)
+		p.reconnectAt = now.Add(p.reconnectGap)
 		targets = append(targets, p.targets()...)
 	}
 	m.mu.Unlock()

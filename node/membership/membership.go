@@ -87,8 +87,9 @@ type Config struct {
 	// (default 30 s).
 	SweepInterval time.Duration
 	// ReconnectInterval is how often a peer memberlist declared dead is
-	// sent a HELLO (default 10 s), for DeadForget (default 1 h) after
-	// which it is forgotten. A node wrongly declared dead — under load, or
+	// sent a HELLO (default 10 s; the first ones go out 1, 2, 4, 8 and
+	// 16 s after its removal), for DeadForget (default 1 h) after which it
+	// is forgotten. A node wrongly declared dead — under load, or
 	// across a brief partition — answers, is re-admitted, and memberlist
 	// hears its refutation; without this, removing dead peers from
 	// WireGuard would make a false positive permanent.
@@ -189,18 +190,22 @@ type revEntry struct {
 }
 
 type peer struct {
-	rec        *record
-	cred       *identity.Credential
-	endpoint   netip.AddrPort
-	admitted   bool
-	state      string
-	helloAt    time.Time
-	deadSince  time.Time // when memberlist declared it dead; zero otherwise
-	deadCheck  bool      // a push/pull asked for since it was declared dead
-	admittedAt time.Time
-	catchUpAt  time.Time // last push/pull asked for because memberlist had not heard of it
-	catchUps   int       // such push/pulls since memberlist last knew it
-	tasks      map[netip.Addr]*remoteTask
+	rec       *record
+	cred      *identity.Credential
+	endpoint  netip.AddrPort
+	admitted  bool
+	state     string
+	helloAt   time.Time
+	deadSince time.Time // when memberlist declared it dead; zero otherwise
+	deadCheck bool      // a push/pull asked for since it was declared dead
+	// reconnectAt is when a removed dead peer is next sent a HELLO, and
+	// reconnectGap the gap before that one (see helloDead).
+	reconnectAt  time.Time
+	reconnectGap time.Duration
+	admittedAt   time.Time
+	catchUpAt    time.Time // last push/pull asked for because memberlist had not heard of it
+	catchUps     int       // such push/pulls since memberlist last knew it
+	tasks        map[netip.Addr]*remoteTask
 }
 
 const (

@@ -333,3 +333,56 @@ func TestCheckDead(t *testing.T) {
 		t.Fatal("a peer declared dead again was not checked")
 	}
 }
+
+type sentFrames struct{ to []netip.AddrPort }
+
+func (s *sentFrames) SendControl(to netip.AddrPort, _ []byte) error {
+	s.to = append(s.to, to)
+	return nil
+}
+
+// A peer removed as dead is sent a HELLO 1, 2, 4, 8 and 16 s after its
+// removal, then every ReconnectInterval; a peer that left is not.
+func TestHelloDead(t *testing.T) {
+	sent := &sentFrames{}
+	m := &Membership{cfg: Config{Control: sent, ReconnectInterval: 10 * time.Second}, peers: map[netip.Addr]*peer{}}
+	m.log = slog.New(slog.DiscardHandler)
+	dead, left := netip.MustParseAddr("2001:21::1"), netip.MustParseAddr("2001:21::2")
+	ep := netip.MustParseAddrPort("192.0.2.1:51820")
+	for _, a := range []netip.Addr{dead, left} {
+		m.peers[a] = &peer{admitted: true, state: "alive", endpoint: ep, rec: &record{}}
+	}
+	m.cfg.Peers = nopPeers{}
+	m.remove(dead, "dead")
+	m.remove(left, "left")
+	t0 := m.peers[dead].deadSince
+	var at []time.Duration
+	for s := time.Duration(0); s <= 50*time.Second; s += 500 * time.Millisecond {
+		before := len(sent.to)
+		m.helloDead(t0.Add(s))
+		if len(sent.to) > before {
+			at = append(at, s)
+		}
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 26, 36, 46}
+	if len(at) != len(want) {
+		t.Fatalf("HELLOs at %v, want at %v s", at, want)
+	}
+	for i := range want {
+		if at[i] != want[i]*time.Second {
+			t.Fatalf("HELLOs at %v, want at %v s", at, want)
+		}
+	}
+	for _, to := range sent.to {
+		if to != ep {
+			t.Fatalf("HELLO to %v, want %v", to, ep)
+		}
+	}
+}
+
+type nopPeers struct{}
+
+func (nopPeers) SetPeer(identity.WGPublicKey, netip.AddrPort, []netip.Prefix) error { return nil }
+func (nopPeers) RemovePeer(identity.WGPublicKey) error                              { return nil }
+func (nopPeers) Await(netip.Addr)                                                   {}
+func (nopPeers) EndAwait(netip.Addr, bool)                                          {}

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -72,7 +73,7 @@ func main() {
 	flag.DurationVar(&b.removalTimeout, "removal-timeout", time.Minute, "wait at most this long for each removal")
 	flag.StringVar(&b.tuning, "gossip", "lan", "memberlist configuration of both systems: lan (DefaultLANConfig) or fast")
 	systems := flag.String("systems", "memberlist,agent6", "comma-separated systems to measure, in order")
-	memGiB := flag.Float64("mem", 16, "skip sizes expected to need more than this many `GiB`, and stop one that gets there")
+	memGiB := flag.Float64("mem", defaultMemGiB(), "skip sizes expected to need more than this many `GiB`, and stop one that gets there; by default half the machine's memory")
 	out := flag.String("out", "bench/RESULTS.md", "write the results as a section of this `file` (empty: do not)")
 	logs := flag.String("logs", "bench/out", "keep results.json and agent6's logs in a new directory under this `dir`")
 	level := flag.String("log-level", "warn", "level of agent6's node logs: debug, info, warn, error or off")
@@ -264,8 +265,8 @@ func (b *bench) run(ctx context.Context, out, level string) error {
 // skip says why size n is not to be tried, if it is not: it would not fit
 // the time left, or its memory, extrapolated from the sizes before it,
 // would pass -mem. Per node, agent6 holds a fixed part (wireguard-go's
-// buffers, a netstack) and a part per peer, so memory per node is fitted
-// as a + b·n.
+// buffers, a netstack) and a part per peer, so memory per node at rest is
+// fitted as a + b·n; its join peak per node is scaled with n.
 func (b *bench) skip(n int, done []*gossip.Result) string {
 	left := time.Until(b.deadline)
 	if need := b.settle + b.window + 30*time.Second; left < need {
@@ -281,11 +282,30 @@ func (b *bench) skip(n int, done []*gossip.Result) string {
 		slope := (last.RSSPerNode - prev.RSSPerNode) / float64(last.Nodes-prev.Nodes)
 		per = max(last.RSSPerNode, last.RSSPerNode+slope*float64(n-last.Nodes))
 	}
+	// The join storm's peak, not the rest, is what must fit: per node it
+	// grows at least with the peers (wireguard-go queues 64 KiB buffers
+	// per packet while a node is behind), so the whole at least with n².
+	if peak := float64(last.PeakRSS) / float64(last.Nodes) * float64(n) / float64(last.Nodes); peak > per {
+		per = peak
+	}
 	if est := per * float64(n); est > float64(b.memLimit) {
-		return fmt.Sprintf("would need about %.1f GiB (%.0f MiB per node, extrapolated from %d nodes), over -mem %.0f GiB",
+		return fmt.Sprintf("would need about %.1f GiB (%.0f MiB per node, extrapolated from %d nodes' rest and join peak), over -mem %.0f GiB",
 			est/(1<<30), per/(1<<20), last.Nodes, float64(b.memLimit)/(1<<30))
 	}
 	return ""
+}
+
+// defaultMemGiB is half the machine's memory (16 GiB if unknown): the
+// watchdog samples memory every 200 ms and closing a cluster takes
+// seconds, and a join storm can grow by gigabytes meanwhile — a 300-node
+// agent6 run on a 24 GiB machine with a 16 GiB limit was killed by the
+// kernel's OOM killer at 24 GiB before the watchdog stopped it.
+func defaultMemGiB() float64 {
+	total, err := gossip.MemTotal()
+	if err != nil || total == 0 {
+		return 16
+	}
+	return math.Floor(float64(total)/(1<<30)/2*10) / 10
 }
 
 func (b *bench) note(format string, args ...any) {

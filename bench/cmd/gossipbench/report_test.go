@@ -2,7 +2,11 @@ package main
 
 import (
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/agent6/agent6/bench/gossip"
 )
 
 func TestParseSizes(t *testing.T) {
@@ -17,5 +21,29 @@ func TestParseSizes(t *testing.T) {
 		if _, err := parseSizes(bad, 300); err == nil {
 			t.Errorf("parseSizes(%q) did not fail", bad)
 		}
+	}
+}
+
+// A size is not tried when the last one's join peak, scaled to it, would
+// not fit, even if the memory at rest would.
+func TestSkipByPeak(t *testing.T) {
+	const mib, gib = 1 << 20, 1 << 30
+	b := &bench{memLimit: 12 * gib, deadline: time.Now().Add(time.Hour)}
+	done := []*gossip.Result{
+		{Nodes: 100, RSSPerNode: 17.5 * mib, PeakRSS: 2 * gib},
+		{Nodes: 200, RSSPerNode: 32.8 * mib, PeakRSS: 6*gib + 300*mib},
+	}
+	if why := b.skip(250, done); why != "" {
+		t.Errorf("250 nodes skipped: %s", why)
+	}
+	// At rest: (32.8 + 0.153·100) MiB × 300 = 14.1 GiB; the peak: 6.3 GiB
+	// × 1.5 × 1.5 = 14.2 GiB. Both over 12; with a higher limit, only the
+	// peak.
+	if why := b.skip(300, done); !strings.Contains(why, "join peak") {
+		t.Errorf("300 nodes: %q, want skipped", why)
+	}
+	b.memLimit = 14*gib + 150*mib
+	if why := b.skip(300, done); why == "" {
+		t.Error("300 nodes tried although the scaled join peak is over the limit")
 	}
 }

@@ -157,6 +157,10 @@ type Result struct {
 	RSSPerNode        float64 `json:"rss_bytes_per_node,omitempty"`
 	GoroutinesPerNode float64 `json:"goroutines_per_node,omitempty"`
 	PeakRSS           uint64  `json:"peak_rss_bytes,omitempty"`
+	// BaseRSS is the process's RSS before the size started (after a GC),
+	// and JoinPeakRSS its peak from the start to convergence.
+	BaseRSS     uint64 `json:"base_rss_bytes,omitempty"`
+	JoinPeakRSS uint64 `json:"join_peak_rss_bytes,omitempty"`
 
 	// Stats sums agent6's membership counters over the nodes at the end.
 	Stats *membership.Stats `json:"membership,omitempty"`
@@ -210,6 +214,7 @@ func Run(ctx context.Context, o Options) *Result {
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
 	baseRSS, _ := RSS()
+	r.BaseRSS = baseRSS
 	baseG := runtime.NumGoroutine()
 	cpu0, ev0 := CPUTime(), events()
 
@@ -269,7 +274,7 @@ func Run(ctx context.Context, o Options) *Result {
 
 	o.progress("%s, %d nodes: all started in %.1f s; waiting for convergence", o.System, o.Nodes, r.Startup)
 	conv, err := converge(ctx, c, o, t0, &r.Pairs)
-	r.JoinEvents = events().sub(ev0)
+	r.JoinEvents, r.JoinPeakRSS = events().sub(ev0), peak.Load()
 	if err != nil {
 		return failed("", err)
 	}

@@ -285,7 +285,8 @@ func (b *bench) skip(n int, done []*gossip.Result) string {
 	// The join storm's peak, not the rest, is what must fit: per node it
 	// grows at least with the peers (wireguard-go queues 64 KiB buffers
 	// per packet while a node is behind), so the whole at least with n².
-	if peak := float64(last.PeakRSS) / float64(last.Nodes) * float64(n) / float64(last.Nodes); peak > per {
+	grown := float64(last.JoinPeakRSS) - float64(min(last.BaseRSS, last.JoinPeakRSS))
+	if peak := grown / float64(last.Nodes) * float64(n) / float64(last.Nodes); peak > per {
 		per = peak
 	}
 	if est := per * float64(n); est > float64(b.memLimit) {

@@ -604,10 +604,13 @@ func (m *Membership) catchUp(now time.Time) {
 	}
 	spread := gossipSpread(m.mlConf, m.ml.NumMembers())
 	m.mu.Lock()
-	target := catchUpTarget(m.peers, live, now, spread)
+	target, storm := catchUpTarget(m.peers, live, now, spread, m.stormCatchUpAt)
 	if target.IsValid() {
 		m.peers[target].catchUpAt = now
 		m.peers[target].catchUps++
+		if storm {
+			m.stormCatchUpAt = now
+		}
 	}
 	m.mu.Unlock()
 	if !target.IsValid() {
@@ -624,19 +627,27 @@ func (m *Membership) catchUp(now time.Time) {
 // them to count as lost rather than still on their way.
 const maxStragglers = 3
 
+// stormSpreads is how many gossip spreads, during a join storm, a peer
+// must have been admitted and this node must have gone without a catch-up
+// before the next.
+const stormSpreads = 3
+
 // catchUpTarget picks the admitted peer to catch up with: of those not
 // declared dead and unknown to memberlist (live, by node name), the one
 // admitted longest ago, once due. A few such peers (maxStragglers) are
 // stragglers whose alive message was lost: due a second after admission.
-// Many means gossip is still spreading a join storm's alive messages,
+// Many means gossip may still be spreading a join storm's alive messages,
 // which queue behind each other for longer than one message's spread, and
-// push/pulls would add to the busiest moment (at 200 nodes, 3–4 CPU-s and
-// a slower join): then only after ten spreads. After a catch-up that did
-// not help (a peer admitted but cut off from gossip) the next waits spread,
-// doubling each time up to 32 spreads. It resets the count of peers
-// memberlist knows. The zero Addr if none is due. Called with m.mu held.
-func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, spread time.Duration) netip.Addr {
-	var target netip.Addr
+// push/pulls then add to the busiest moment (always catching up cost 3–4
+// CPU-s in a 200-node join): the oldest is due once admitted stormSpreads
+// ago, and this node catches up so at most once per stormSpreads (storm
+// reports it; lastStorm is when it last did). Waiting ten spreads instead
+// held a 50-node join up for 16 s when one node had missed four alive
+// messages. After a catch-up that did not help (a peer admitted but cut
+// off from gossip) the next waits spread, doubling each time up to 32
+// spreads. It resets the count of peers memberlist knows. The zero Addr if
+// none is due. Called with m.mu held.
+func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, spread time.Duration, lastStorm time.Time) (target netip.Addr, storm bool) {
 	var oldest time.Time
 	unknown := 0
 	for addr, p := range peers {
@@ -655,10 +666,13 @@ func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Ti
 			target, oldest = addr, p.admittedAt
 		}
 	}
-	if unknown > maxStragglers && now.Sub(oldest) < 10*spread {
-		return netip.Addr{}
+	if unknown <= maxStragglers || !target.IsValid() {
+		return target, false
 	}
-	return target
+	if wait := stormSpreads * spread; now.Sub(oldest) < wait || now.Sub(lastStorm) < wait {
+		return netip.Addr{}, false
+	}
+	return target, true
 }
 
 // gossipSpread is how long memberlist keeps retransmitting a broadcast in

@@ -177,7 +177,10 @@ type Membership struct {
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
-	removes  atomic.Uint64
+	// stormCatchUpAt is when this node last caught up while many
+	// admitted peers were unknown to memberlist (see catchUpTarget).
+	stormCatchUpAt time.Time
+	removes        atomic.Uint64
 
 	done      chan struct{}
 	wg        sync.WaitGroup

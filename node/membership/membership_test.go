@@ -190,7 +190,7 @@ func TestCatchUpTarget(t *testing.T) {
 		a(7): {admitted: true, admittedAt: now.Add(-9 * time.Second), state: "dead"},                                 // declared dead
 	}
 	live := map[string]bool{nodeName(a(1)): true}
-	if got := catchUpTarget(peers, live, now, spread); got != a(2) {
+	if got, _ := catchUpTarget(peers, live, now, spread, time.Time{}); got != a(2) {
 		t.Fatalf("target %v, want %v", got, a(2))
 	}
 	if peers[a(1)].catchUps != 0 {
@@ -200,34 +200,45 @@ func TestCatchUpTarget(t *testing.T) {
 	// twice as long each time.
 	for tries, wait := range []time.Duration{spread, 2 * spread, 4 * spread} {
 		peers[a(2)].catchUpAt, peers[a(2)].catchUps = now, tries
-		if got := catchUpTarget(peers, live, now.Add(wait-time.Millisecond), spread); got == a(2) {
+		if got, _ := catchUpTarget(peers, live, now.Add(wait-time.Millisecond), spread, time.Time{}); got == a(2) {
 			t.Fatalf("after %d tries, %v later: %v due already", tries, wait-time.Millisecond, a(2))
 		}
-		if got := catchUpTarget(peers, live, now.Add(wait), spread); got != a(2) {
+		if got, _ := catchUpTarget(peers, live, now.Add(wait), spread, time.Time{}); got != a(2) {
 			t.Fatalf("after %d tries, %v later: target %v, want %v", tries, wait, got, a(2))
 		}
 	}
 	peers[a(2)].catchUpAt = now
-	if got := catchUpTarget(peers, live, now, spread); got != a(3) {
+	if got, _ := catchUpTarget(peers, live, now, spread, time.Time{}); got != a(3) {
 		t.Fatalf("with %v just caught up with: target %v, want %v", a(2), got, a(3))
 	}
 	// Admitted less than a second ago: not due yet.
 	peers[a(3)].admittedAt = now.Add(-500 * time.Millisecond)
-	if got := catchUpTarget(peers, live, now, spread); got.IsValid() {
+	if got, _ := catchUpTarget(peers, live, now, spread, time.Time{}); got.IsValid() {
 		t.Fatalf("with the only candidate admitted 0.5 s ago: target %v, want none", got)
 	}
 	peers[a(3)].admittedAt = now.Add(-3 * time.Second)
-	// More unknown peers than stragglers: gossip is still spreading a
-	// join storm; none is due until it has waited ten spreads.
+	// More unknown peers than stragglers: gossip may still be spreading a
+	// join storm; none is due until the oldest has waited stormSpreads.
 	for i := byte(10); i < 10+maxStragglers; i++ {
 		peers[a(i)] = &peer{admitted: true, admittedAt: now.Add(-3 * time.Second)}
 	}
-	if got := catchUpTarget(peers, live, now, spread); got.IsValid() {
+	peers[a(6)].admittedAt, peers[a(6)].catchUpAt, peers[a(6)].catchUps = now.Add(-4*time.Second), time.Time{}, 0
+	if got, _ := catchUpTarget(peers, live, now, spread, time.Time{}); got.IsValid() {
 		t.Fatalf("during a storm: target %v, want none", got)
 	}
-	// Ten spreads on, the oldest due peer is: a(6), its backoff over.
-	if got := catchUpTarget(peers, live, now.Add(10*spread), spread); got != a(6) {
-		t.Fatalf("during a storm, ten spreads on: target %v, want %v", got, a(6))
+	// stormSpreads on, the oldest due peer is: a(6) (a(2), older, is still
+	// backing off).
+	later := now.Add(stormSpreads * spread)
+	got, storm := catchUpTarget(peers, live, later, spread, time.Time{})
+	if got != a(6) || !storm {
+		t.Fatalf("during a storm, %d spreads on: target %v (storm %v), want %v", stormSpreads, got, storm, a(6))
+	}
+	// And at most once per stormSpreads.
+	if got, _ := catchUpTarget(peers, live, later, spread, later.Add(-time.Second)); got.IsValid() {
+		t.Fatalf("during a storm, a second after the last catch-up: target %v, want none", got)
+	}
+	if got, _ := catchUpTarget(peers, live, later, spread, now); got != a(6) {
+		t.Fatalf("during a storm, %d spreads after the last catch-up: target %v, want %v", stormSpreads, got, a(6))
 	}
 }
 

@@ -604,12 +604,16 @@ func (m *Membership) catchUp(now time.Time) {
 	}
 	spread := gossipSpread(m.mlConf, m.ml.NumMembers())
 	m.mu.Lock()
-	target, storm := catchUpTarget(m.peers, live, now, spread, m.stormCatchUpAt)
+	if len(live) > m.knownMembers {
+		m.gossipNewsAt = now // gossip is still bringing news
+	}
+	m.knownMembers = len(live)
+	target, storm := catchUpTarget(m.peers, live, now, spread, m.gossipNewsAt)
 	if target.IsValid() {
 		m.peers[target].catchUpAt = now
 		m.peers[target].catchUps++
 		if storm {
-			m.stormCatchUpAt = now
+			m.gossipNewsAt = now // give this push/pull's news time to show
 		}
 	}
 	m.mu.Unlock()
@@ -627,10 +631,9 @@ func (m *Membership) catchUp(now time.Time) {
 // them to count as lost rather than still on their way.
 const maxStragglers = 3
 
-// stormSpreads is how many gossip spreads, during a join storm, a peer
-// must have been admitted and this node must have gone without a catch-up
-// before the next.
-const stormSpreads = 3
+// quietSpreads is how many gossip spreads memberlist must have learned of
+// no new member before a node with many unknown admitted peers catches up.
+const quietSpreads = 2
 
 // catchUpTarget picks the admitted peer to catch up with: of those not
 // declared dead and unknown to memberlist (live, by node name), the one
@@ -639,15 +642,17 @@ const stormSpreads = 3
 // Many means gossip may still be spreading a join storm's alive messages,
 // which queue behind each other for longer than one message's spread, and
 // push/pulls then add to the busiest moment (always catching up cost 3–4
-// CPU-s in a 200-node join): the oldest is due once admitted stormSpreads
-// ago, and this node catches up so at most once per stormSpreads (storm
-// reports it; lastStorm is when it last did). Waiting ten spreads instead
-// held a 50-node join up for 16 s when one node had missed four alive
-// messages. After a catch-up that did not help (a peer admitted but cut
-// off from gossip) the next waits spread, doubling each time up to 32
-// spreads. It resets the count of peers memberlist knows. The zero Addr if
-// none is due. Called with m.mu held.
-func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, spread time.Duration, lastStorm time.Time) (target netip.Addr, storm bool) {
+// CPU-s in a 200-node join): then one is due only when memberlist has
+// learned of no new member for quietSpreads (news is when it last did, or
+// when the last such catch-up was; storm reports one). Waiting a fixed ten
+// spreads instead held a 50-node join up for 16 s when one node had
+// missed four alive messages, and three spreads added push/pulls to a
+// 200-node storm that was still progressing. After a catch-up that did
+// not help (a peer admitted but cut off from gossip) the next with that
+// peer waits spread, doubling each time up to 32 spreads. It resets the
+// count of peers memberlist knows. The zero Addr if none is due. Called
+// with m.mu held.
+func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Time, spread time.Duration, news time.Time) (target netip.Addr, storm bool) {
 	var oldest time.Time
 	unknown := 0
 	for addr, p := range peers {
@@ -669,7 +674,7 @@ func catchUpTarget(peers map[netip.Addr]*peer, live map[string]bool, now time.Ti
 	if unknown <= maxStragglers || !target.IsValid() {
 		return target, false
 	}
-	if wait := stormSpreads * spread; now.Sub(oldest) < wait || now.Sub(lastStorm) < wait {
+	if now.Sub(news) < quietSpreads*spread {
 		return netip.Addr{}, false
 	}
 	return target, true

@@ -177,10 +177,11 @@ type Membership struct {
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
-	// stormCatchUpAt is when this node last caught up while many
-	// admitted peers were unknown to memberlist (see catchUpTarget).
-	stormCatchUpAt time.Time
-	removes        atomic.Uint64
+	// knownMembers is how many members memberlist listed at the last
+	// catch-up tick, and gossipNewsAt when that last grew (see catchUp).
+	knownMembers int
+	gossipNewsAt time.Time
+	removes      atomic.Uint64
 
 	done      chan struct{}
 	wg        sync.WaitGroup

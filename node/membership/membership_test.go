@@ -218,27 +218,19 @@ func TestCatchUpTarget(t *testing.T) {
 	}
 	peers[a(3)].admittedAt = now.Add(-3 * time.Second)
 	// More unknown peers than stragglers: gossip may still be spreading a
-	// join storm; none is due until the oldest has waited stormSpreads.
+	// join storm; none is due while memberlist keeps learning of members.
 	for i := byte(10); i < 10+maxStragglers; i++ {
 		peers[a(i)] = &peer{admitted: true, admittedAt: now.Add(-3 * time.Second)}
 	}
 	peers[a(6)].admittedAt, peers[a(6)].catchUpAt, peers[a(6)].catchUps = now.Add(-4*time.Second), time.Time{}, 0
-	if got, _ := catchUpTarget(peers, live, now, spread, time.Time{}); got.IsValid() {
-		t.Fatalf("during a storm: target %v, want none", got)
+	if got, _ := catchUpTarget(peers, live, now, spread, now.Add(-time.Second)); got.IsValid() {
+		t.Fatalf("during a storm, news a second ago: target %v, want none", got)
 	}
-	// stormSpreads on, the oldest due peer is: a(6) (a(2), older, is still
-	// backing off).
-	later := now.Add(stormSpreads * spread)
-	got, storm := catchUpTarget(peers, live, later, spread, time.Time{})
+	// Quiet for quietSpreads: the oldest due peer is, a(6) (a(2), older,
+	// is still backing off).
+	got, storm := catchUpTarget(peers, live, now, spread, now.Add(-quietSpreads*spread))
 	if got != a(6) || !storm {
-		t.Fatalf("during a storm, %d spreads on: target %v (storm %v), want %v", stormSpreads, got, storm, a(6))
-	}
-	// And at most once per stormSpreads.
-	if got, _ := catchUpTarget(peers, live, later, spread, later.Add(-time.Second)); got.IsValid() {
-		t.Fatalf("during a storm, a second after the last catch-up: target %v, want none", got)
-	}
-	if got, _ := catchUpTarget(peers, live, later, spread, now); got != a(6) {
-		t.Fatalf("during a storm, %d spreads after the last catch-up: target %v, want %v", stormSpreads, got, a(6))
+		t.Fatalf("during a storm, quiet for %d spreads: target %v (storm %v), want %v", quietSpreads, got, storm, a(6))
 	}
 }
 

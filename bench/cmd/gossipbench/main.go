@@ -73,7 +73,7 @@ func main() {
 	flag.DurationVar(&b.removalTimeout, "removal-timeout", time.Minute, "wait at most this long for each removal")
 	flag.StringVar(&b.tuning, "gossip", "lan", "memberlist configuration of both systems: lan (DefaultLANConfig) or fast")
 	systems := flag.String("systems", "memberlist,agent6", "comma-separated systems to measure, in order")
-	memGiB := flag.Float64("mem", defaultMemGiB(), "skip sizes expected to need more than this many `GiB`, and stop one that gets there; by default half the machine's memory")
+	memGiB := flag.Float64("mem", defaultMemGiB(), "skip sizes expected to need more than this many `GiB`, and stop one that gets there; by default 16 or two thirds of the machine's memory, whichever is less")
 	out := flag.String("out", "bench/RESULTS.md", "write the results as a section of this `file` (empty: do not)")
 	logs := flag.String("logs", "bench/out", "keep results.json and agent6's logs in a new directory under this `dir`")
 	level := flag.String("log-level", "warn", "level of agent6's node logs: debug, info, warn, error or off")
@@ -266,7 +266,8 @@ func (b *bench) run(ctx context.Context, out, level string) error {
 // the time left, or its memory, extrapolated from the sizes before it,
 // would pass -mem. Per node, agent6 holds a fixed part (wireguard-go's
 // buffers, a netstack) and a part per peer, so memory per node at rest is
-// fitted as a + b·n; its join peak per node is scaled with n.
+// fitted as a + b·n; its peak per node (over the RSS before it) is scaled
+// with n.
 func (b *bench) skip(n int, done []*gossip.Result) string {
 	left := time.Until(b.deadline)
 	if need := b.settle + b.window + 30*time.Second; left < need {
@@ -282,31 +283,33 @@ func (b *bench) skip(n int, done []*gossip.Result) string {
 		slope := (last.RSSPerNode - prev.RSSPerNode) / float64(last.Nodes-prev.Nodes)
 		per = max(last.RSSPerNode, last.RSSPerNode+slope*float64(n-last.Nodes))
 	}
-	// The join storm's peak, not the rest, is what must fit: per node it
-	// grows at least with the peers (wireguard-go queues 64 KiB buffers
-	// per packet while a node is behind), so the whole at least with n².
-	grown := float64(last.JoinPeakRSS) - float64(min(last.BaseRSS, last.JoinPeakRSS))
+	// The peak, not the rest, is what must fit: per node it grows at
+	// least with the peers (wireguard-go queues a 64 KiB buffer per packet
+	// while a node is behind in a join storm), so the whole at least with
+	// n²; it varies from run to run (at 200 nodes 6–12 GiB).
+	grown := float64(last.PeakRSS) - float64(min(last.BaseRSS, last.PeakRSS))
 	if peak := grown / float64(last.Nodes) * float64(n) / float64(last.Nodes); peak > per {
 		per = peak
 	}
 	if est := per * float64(n); est > float64(b.memLimit) {
-		return fmt.Sprintf("would need about %.1f GiB (%.0f MiB per node, extrapolated from %d nodes' rest and join peak), over -mem %.0f GiB",
+		return fmt.Sprintf("would need about %.1f GiB (%.0f MiB per node, extrapolated from %d nodes' rest and peak), over -mem %.0f GiB",
 			est/(1<<30), per/(1<<20), last.Nodes, float64(b.memLimit)/(1<<30))
 	}
 	return ""
 }
 
-// defaultMemGiB is half the machine's memory (16 GiB if unknown): the
-// watchdog samples memory every 200 ms and closing a cluster takes
-// seconds, and a join storm can grow by gigabytes meanwhile — a 300-node
-// agent6 run on a 24 GiB machine with a 16 GiB limit was killed by the
-// kernel's OOM killer at 24 GiB before the watchdog stopped it.
+// defaultMemGiB is 16 GiB, or two thirds of the machine's memory if that
+// is less: the watchdog samples memory every 200 ms and closing a cluster
+// takes seconds, and a join storm can grow by gigabytes meanwhile — a
+// 300-node agent6 run on a 24 GiB machine with a 16 GiB limit was killed
+// by the kernel's OOM killer at 24 GiB before the watchdog stopped it
+// (which is why sizes are also extrapolated from the last one's peak).
 func defaultMemGiB() float64 {
 	total, err := gossip.MemTotal()
 	if err != nil || total == 0 {
 		return 16
 	}
-	return math.Floor(float64(total)/(1<<30)/2*10) / 10
+	return min(16, math.Floor(float64(total)/(1<<30)*2/3*10)/10)
 }
 
 func (b *bench) note(format string, args ...any) {

@@ -24,14 +24,14 @@ func TestParseSizes(t *testing.T) {
 	}
 }
 
-// A size is not tried when the last one's join peak, scaled to it, would
+// A size is not tried when the last one's peak, scaled to it, would
 // not fit, even if the memory at rest would.
 func TestSkipByPeak(t *testing.T) {
 	const mib, gib = 1 << 20, 1 << 30
 	b := &bench{memLimit: 12 * gib, deadline: time.Now().Add(time.Hour)}
 	done := []*gossip.Result{
-		{Nodes: 100, RSSPerNode: 17.5 * mib, JoinPeakRSS: 2 * gib, BaseRSS: gib},
-		{Nodes: 200, RSSPerNode: 32.8 * mib, JoinPeakRSS: 7*gib + 300*mib, BaseRSS: gib},
+		{Nodes: 100, RSSPerNode: 17.5 * mib, PeakRSS: 2 * gib, BaseRSS: gib},
+		{Nodes: 200, RSSPerNode: 32.8 * mib, PeakRSS: 7*gib + 300*mib, BaseRSS: gib},
 	}
 	if why := b.skip(250, done); why != "" {
 		t.Errorf("250 nodes skipped: %s", why)
@@ -39,11 +39,11 @@ func TestSkipByPeak(t *testing.T) {
 	// At rest: (32.8 + 0.153·100) MiB × 300 = 14.1 GiB; the peak: 6.3 GiB
 	// grown over the base, × 1.5 × 1.5 = 14.2 GiB. Both over 12; with a higher limit, only the
 	// peak.
-	if why := b.skip(300, done); !strings.Contains(why, "join peak") {
+	if why := b.skip(300, done); !strings.Contains(why, "and peak") {
 		t.Errorf("300 nodes: %q, want skipped", why)
 	}
 	b.memLimit = 14*gib + 150*mib
 	if why := b.skip(300, done); why == "" {
-		t.Error("300 nodes tried although the scaled join peak is over the limit")
+		t.Error("300 nodes tried although the scaled peak is over the limit")
 	}
 }

@@ -216,19 +216,24 @@ func (c *agent6) hasPeer(i, j int) bool {
 // peer are sent outside WireGuard and not counted.
 func (c *agent6) wireBytes() uint64 {
 	var sum uint64
+	c.eachStatus(func(st node.Status) {
+		for _, p := range st.Peers {
+			sum += p.TxBytes
+		}
+	})
+	return sum
+}
+
+// eachStatus calls fn with the status of every node still running.
+func (c *agent6) eachStatus(fn func(node.Status)) {
 	for i, n := range c.nodes {
 		if c.left[i] {
 			continue
 		}
-		st, err := n.Status()
-		if err != nil {
-			continue
-		}
-		for _, p := range st.Peers {
-			sum += p.TxBytes
+		if st, err := n.Status(); err == nil {
+			fn(st)
 		}
 	}
-	return sum
 }
 
 func (c *agent6) transport(i int) *transport { return c.trs[i] }
@@ -255,18 +260,11 @@ func (c *agent6) stats() membership.Stats {
 
 func (c *agent6) filterDrops() map[string]uint64 {
 	sum := make(map[string]uint64)
-	for i, n := range c.nodes {
-		if c.left[i] {
-			continue
-		}
-		st, err := n.Status()
-		if err != nil {
-			continue
-		}
+	c.eachStatus(func(st node.Status) {
 		for r, v := range st.Filter.Drops {
 			sum[r] += v
 		}
-	}
+	})
 	return sum
 }
 

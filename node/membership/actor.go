@@ -423,9 +423,9 @@ const deadCheckAfter = time.Second
 // whose alive message this node missed, so the rest of the cluster
 // ignored the dead message, no one relayed it and the peer may never hear
 // of it; gossip had finished with the refutation too, so only a push/pull
-// repairs this node's view, where otherwise the peer would wait for the
-// next HELLO of reconnectDead (10 s; at 200 nodes one such pair held a
-// join up for 13 s). A live peer answers with its current state, which
+// repairs this node's view, where otherwise the peer would wait for its
+// removal and a HELLO after it (see helloDead; at 200 nodes, with HELLOs
+// every 10 s, one such pair held a join up for 13 s). A live peer answers with its current state, which
 // revives it here or makes it refute; a dead one does not answer, and the
 // push/pull fails without effect after memberlist's TCPTimeout. Counted
 // as catch-ups.

@@ -425,10 +425,10 @@ const deadCheckAfter = time.Second
 // of it; gossip had finished with the refutation too, so only a push/pull
 // repairs this node's view, where otherwise the peer would wait for its
 // removal and a HELLO after it (see helloDead; at 200 nodes, with HELLOs
-// every 10 s, one such pair held a join up for 13 s). A live peer answers with its current state, which
-// revives it here or makes it refute; a dead one does not answer, and the
-// push/pull fails without effect after memberlist's TCPTimeout. Counted
-// as catch-ups.
+// every 10 s, one such pair held a join up for 13 s). A live peer answers
+// with its current state, which revives it here or makes it refute; a dead
+// one does not answer, and the push/pull fails without effect after
+// memberlist's TCPTimeout. Counted as catch-ups.
 func (m *Membership) checkDead(now time.Time) {
 	if m.leaving.Load() {
 		return

@@ -156,6 +156,10 @@ type Membership struct {
 	refused map[[16]byte]Reason
 	revs    map[[16]byte]*revEntry                 // by digest of the signed bytes
 	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
+	// knownMembers is how many members memberlist listed at the last
+	// catch-up tick, and gossipNewsAt when that last grew (see catchUp).
+	knownMembers int
+	gossipNewsAt time.Time
 	// metaCache holds verified node meta by its bytes (one entry per
 	// node, tracked by metaByAddr), so repeated alive messages cost a map
 	// lookup, not a signature check.
@@ -177,11 +181,7 @@ type Membership struct {
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
-	// knownMembers is how many members memberlist listed at the last
-	// catch-up tick, and gossipNewsAt when that last grew (see catchUp).
-	knownMembers int
-	gossipNewsAt time.Time
-	removes      atomic.Uint64
+	removes  atomic.Uint64
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -387,9 +387,9 @@ func gossipPacketSize(mtu int) int {
 const maxRejoins = 4
 
 // rejoinLoop push/pulls with peers that answered after being declared
-// dead, so that memberlist hears them refute it, with peers just declared
-// dead (see markDead) and with admitted peers memberlist never heard of
-// (see catchUp), at most maxRejoins at a time.
+// dead, so that memberlist hears them refute it, with peers declared dead
+// a second ago (see checkDead) and with admitted peers memberlist never
+// heard of (see catchUp), at most maxRejoins at a time.
 func (m *Membership) rejoinLoop() {
 	slots := make(chan struct{}, maxRejoins)
 	var wg sync.WaitGroup
@@ -502,7 +502,8 @@ const (
 // push/pulls, every joinHedge, with a peer admitted meanwhile (one that
 // heard of this node from the seed's gossip and said HELLO): any member's
 // state is as good as the seed's. The first to succeed ends the join; the
-// others finish in the background.
+// others finish in the background, within memberlist's TCPTimeout, or at
+// once when Close shuts memberlist and so its transport down.
 func (m *Membership) pushPullHedged(ctx context.Context, seed netip.Addr) error {
 	results := make(chan error, 1+maxJoinHedges)
 	pushPull := func(a netip.Addr) {

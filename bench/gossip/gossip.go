@@ -157,10 +157,8 @@ type Result struct {
 	RSSPerNode        float64 `json:"rss_bytes_per_node,omitempty"`
 	GoroutinesPerNode float64 `json:"goroutines_per_node,omitempty"`
 	PeakRSS           uint64  `json:"peak_rss_bytes,omitempty"`
-	// BaseRSS is the process's RSS before the size started (after a GC),
-	// and JoinPeakRSS its peak from the start to convergence.
-	BaseRSS     uint64 `json:"base_rss_bytes,omitempty"`
-	JoinPeakRSS uint64 `json:"join_peak_rss_bytes,omitempty"`
+	// BaseRSS is the process's RSS before the size started (after a GC).
+	BaseRSS uint64 `json:"base_rss_bytes,omitempty"`
 
 	// Stats sums agent6's membership counters over the nodes at the end.
 	Stats *membership.Stats `json:"membership,omitempty"`
@@ -274,7 +272,7 @@ func Run(ctx context.Context, o Options) *Result {
 
 	o.progress("%s, %d nodes: all started in %.1f s; waiting for convergence", o.System, o.Nodes, r.Startup)
 	conv, err := converge(ctx, c, o, t0, &r.Pairs)
-	r.JoinEvents, r.JoinPeakRSS = events().sub(ev0), peak.Load()
+	r.JoinEvents = events().sub(ev0)
 	if err != nil {
 		return failed("", err)
 	}

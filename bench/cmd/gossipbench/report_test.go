@@ -37,8 +37,8 @@ func TestSkipByPeak(t *testing.T) {
 		t.Errorf("250 nodes skipped: %s", why)
 	}
 	// At rest: (32.8 + 0.153·100) MiB × 300 = 14.1 GiB; the peak: 6.3 GiB
-	// grown over the base, × 1.5 × 1.5 = 14.2 GiB. Both over 12; with a higher limit, only the
-	// peak.
+	// grown over the base, × 1.5 × 1.5 = 14.2 GiB. Both are over 12; with
+	// a limit between them, only the peak is.
 	if why := b.skip(300, done); !strings.Contains(why, "and peak") {
 		t.Errorf("300 nodes: %q, want skipped", why)
 	}

@@ -23,23 +23,41 @@ type slowStreams struct {
 	slow    atomic.Bool
 	delay   time.Duration
 	streams chan net.Conn
+	done    chan struct{}
 	once    sync.Once
+	stop    sync.Once
 }
 
 func (s *slowStreams) StreamCh() <-chan net.Conn {
 	s.once.Do(func() {
 		s.streams = make(chan net.Conn)
 		go func() {
-			for c := range s.Transport.StreamCh() {
+			for {
+				var c net.Conn
+				select {
+				case c = <-s.Transport.StreamCh():
+				case <-s.done:
+					return
+				}
 				if s.slow.Load() {
 					c = &slowConn{Conn: c, at: time.Now().Add(s.delay)}
 				}
-				s.streams <- c
+				select {
+				case s.streams <- c:
+				case <-s.done:
+					c.Close()
+					return
+				}
 			}
-			close(s.streams)
 		}()
 	})
 	return s.streams
+}
+
+// Shutdown stops the relay, then the transport beneath.
+func (s *slowStreams) Shutdown() error {
+	s.stop.Do(func() { close(s.done) })
+	return s.Transport.Shutdown()
 }
 
 // slowConn holds its writes back until at; Close waits for them.
@@ -70,7 +88,7 @@ func (c *slowConn) Close() error {
 func TestJoinHedgesSlowSeed(t *testing.T) {
 	const delay = 8 * time.Second
 	o := newOrg(t, "example.org")
-	tr := &slowStreams{delay: delay}
+	tr := &slowStreams{delay: delay, done: make(chan struct{})}
 	k, der := o.issue(t, "seed", time.Hour)
 	seed := &node.Node{
 		Key: k, Credential: der, Bundle: o.bundle,

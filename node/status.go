@@ -31,8 +31,9 @@ type MembershipStatus struct {
 	Members      int               `json:"members"`       // admitted peers
 	Joined       bool              `json:"joined"`
 	Refused      map[string]uint64 `json:"refused"` // by reason
-	// CatchUps counts push/pulls with an admitted peer whose alive
-	// message gossip lost.
+	// CatchUps counts push/pulls that repair what gossip lost: with an
+	// admitted peer whose alive message never arrived, or with a peer
+	// declared dead a second before.
 	CatchUps uint64 `json:"catch_ups"`
 }
 

@@ -34,7 +34,7 @@ var (
 	descRefusals = prometheus.NewDesc("agent6_membership_refusals_total",
 		"Agent records and revocations membership refused, by reason.", []string{"reason"}, nil)
 	descCatchUps = prometheus.NewDesc("agent6_membership_catch_ups_total",
-		"Push/pulls with an admitted peer whose alive message gossip never delivered.", nil, nil)
+		"Push/pulls repairing what gossip lost: with an admitted peer whose alive message never arrived, or with a peer declared dead a second before.", nil, nil)
 	descBadRequests = prometheus.NewDesc("agent6_localapi_bad_requests_total",
 		"LocalAPI requests refused as malformed (bad path, method, parameter or body).", nil, nil)
 	descDNS = prometheus.NewDesc("agent6_dns_queries_total",

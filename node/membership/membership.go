@@ -125,8 +125,9 @@ type Stats struct {
 	Hellos   uint64            `json:"hellos_sent"`
 	Admitted uint64            `json:"admissions"`
 	Removed  uint64            `json:"removals"`
-	// CatchUps counts push/pulls with an admitted peer whose alive message
-	// gossip never delivered (see catchUp).
+	// CatchUps counts push/pulls that repair what gossip lost: with an
+	// admitted peer whose alive message never arrived (see catchUp), and
+	// with a peer declared dead a second ago (see checkDead).
 	CatchUps uint64 `json:"catch_ups"`
 }
 

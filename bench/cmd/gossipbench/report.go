@@ -325,7 +325,7 @@ func removalCell(v float64, r *gossip.Removal) string {
 
 func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, int) *gossip.Result) {
 	fmt.Fprintf(w, "\n## agent6 membership counters\n\nSummed over the nodes when the size ended: admissions, HELLO/ACK control frames "+
-		"(during the whole run, and in the rest window), removals, catch-ups (push/pulls with an admitted peer whose alive message gossip lost) "+
+		"(during the whole run, and in the rest window), removals, catch-ups (push/pulls with an admitted peer whose alive message gossip lost, or with one declared dead a second before), "+
 		"refusals by reason, and the packets the nodes' filters dropped, by reason.\n\n")
 	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals | Filter drops |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, n := range sizes {

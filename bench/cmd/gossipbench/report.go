@@ -117,7 +117,7 @@ func (b *bench) report() string {
 		"each joining through the seed (agent6: `Join: []string{seed.Invite()}`, so `Up` starts the join; "+
 		"memberlist: `Create`, then `Join` retried with agent6's backoff, 0.5 s doubling). "+
 		"*Convergence* is from that start until every node sees every other node alive (agent6: `Members()` lists it with State \"alive\"; "+
-		"memberlist: `Members()` has it with StateAlive), polled every 0.1 s or more; *startup* is the part of it until every `Up` or `Create` had returned. "+
+		"memberlist: `Members()` has it with StateAlive), polled every 0.1 s, 16 nodes at a time; *startup* is the part of it until every `Up` or `Create` had returned. "+
 		"*Suspicions* and *marked dead* count memberlist's state changes summed over the observing nodes (its go-metrics counters "+
 		"`memberlist.msg.suspect` and `memberlist.msg.dead`): one node suspected by the whole cluster counts n−1; no node fails during the join.\n\n", start)
 	fmt.Fprintf(&w, "Then the cluster settles: at least %v, and until memberlist's broadcast queues (sampled every second through go-metrics, "+

@@ -35,6 +35,9 @@ type cluster interface {
 	// hasPeer reports whether instance i still has instance j as a
 	// WireGuard peer; always false for bare memberlist.
 	hasPeer(i, j int) bool
+	// sessions returns how many pairs of instances have a WireGuard
+	// session; 0 for bare memberlist.
+	sessions() int
 	// wireBytes returns the bytes every instance has sent on the underlay
 	// (UDP and TCP payload) so far.
 	wireBytes() uint64
@@ -222,6 +225,20 @@ func (c *agent6) wireBytes() uint64 {
 		}
 	})
 	return sum
+}
+
+// sessions counts the pairs with a completed WireGuard handshake: each
+// side lists the other with a last handshake.
+func (c *agent6) sessions() int {
+	sides := 0
+	c.eachStatus(func(st node.Status) {
+		for _, p := range st.Peers {
+			if p.LastHandshake != nil {
+				sides++
+			}
+		}
+	})
+	return (sides + 1) / 2
 }
 
 // eachStatus calls fn with the status of every node still running.
@@ -460,6 +477,8 @@ func (c *bare) state(i, j int) string {
 }
 
 func (c *bare) hasPeer(i, j int) bool { return false }
+
+func (c *bare) sessions() int { return 0 }
 
 // wireBytes is what memberlist wrote: UDP and TCP payload.
 func (c *bare) wireBytes() uint64 {

@@ -83,6 +83,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Progress, if set, is told what is happening.
 	Progress func(format string, args ...any)
+	// Crypto, if measured, prices agent6's join cryptography (see
+	// Result.CryptoCPU).
+	Crypto CryptoCost
+
 	// Trace, with Progress, reports every second of the convergence how
 	// the pairs not yet alive stand (gone, pending, suspect, dead).
 	Trace bool
@@ -112,6 +116,13 @@ type Result struct {
 	// JoinCPU is the process's CPU time from the start of the joins to
 	// convergence.
 	JoinCPU Seconds `json:"join_cpu_s,omitempty"`
+	// Sessions is, for agent6, how many pairs of nodes had a WireGuard
+	// session (a completed handshake) at convergence, and CryptoCPU the
+	// least CPU time the join's cryptography took: admitting every pair
+	// and those handshakes, at Options.Crypto's costs. Retried and
+	// repeated handshakes, and the join's other work, come on top.
+	Sessions  int     `json:"sessions,omitempty"`
+	CryptoCPU Seconds `json:"crypto_cpu_s,omitempty"`
 	// JoinEvents are memberlist's state changes from the start of the
 	// joins to convergence (or to giving up), RestEvents those in the
 	// rest window.
@@ -279,6 +290,9 @@ func Run(ctx context.Context, o Options) *Result {
 	r.Convergence = seconds(conv)
 	r.JoinCPU = seconds(CPUTime() - cpu0)
 	o.progress("%s, %d nodes: converged in %.2f s; settling", o.System, o.Nodes, r.Convergence)
+	if r.Sessions = c.sessions(); r.Sessions > 0 && o.Crypto.DH > 0 {
+		r.CryptoCPU = seconds(o.Crypto.Admissions(o.Nodes) + o.Crypto.Handshakes(r.Sessions))
+	}
 
 	if r.Settled, r.Queued, err = settle(ctx, o); err != nil {
 		return failed("at rest: ", err)

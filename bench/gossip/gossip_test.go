@@ -31,10 +31,11 @@ func TestRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts small clusters; skipped with -short")
 	}
+	crypto := MeasureCrypto()
 	for _, sys := range []string{Memberlist, Agent6} {
 		t.Run(sys, func(t *testing.T) {
 			r := Run(context.Background(), Options{
-				System: sys, Nodes: 6, Tune: fast,
+				System: sys, Nodes: 6, Tune: fast, Crypto: crypto,
 				Converge: 30 * time.Second, Settle: time.Second, Window: 2 * time.Second,
 				Removal: true, RemovalTimeout: 30 * time.Second, ReturnWait: 2 * time.Second,
 				Logger: testLogger(t), Progress: t.Logf,
@@ -53,6 +54,14 @@ func TestRun(t *testing.T) {
 			}
 			if sys == Agent6 && r.WireBytes <= r.PayloadBytes {
 				t.Errorf("agent6: wire %v ≤ payload %v; WireGuard adds to it", r.WireBytes, r.PayloadBytes)
+			}
+			// Gossip to every other node needs a session with it in
+			// agent6; bare memberlist has none.
+			if sys == Memberlist && (r.Sessions != 0 || r.CryptoCPU != 0) {
+				t.Errorf("bare memberlist: %d sessions, crypto %v CPU s", r.Sessions, r.CryptoCPU)
+			}
+			if sys == Agent6 && (r.Sessions < 1 || r.Sessions > 15 || float64(r.CryptoCPU) < crypto.Admissions(6).Seconds()) {
+				t.Errorf("agent6: %d sessions of 15 pairs, crypto %v CPU s", r.Sessions, r.CryptoCPU)
 			}
 			t.Logf("cut off from gossip: %+v", r.Partition)
 			for _, rm := range []*Removal{r.Crash, r.Leave} {
@@ -84,5 +93,21 @@ func TestFormulas(t *testing.T) {
 		if got := PushPullInterval(c, tc.n); got != tc.ppi {
 			t.Errorf("PushPullInterval(%d) = %v, want %v", tc.n, got, tc.ppi)
 		}
+	}
+}
+
+func TestCryptoCost(t *testing.T) {
+	c := CryptoCost{DH: 60 * time.Microsecond, KeyGen: 30 * time.Microsecond, Verify: 35 * time.Microsecond}
+	// 200 nodes: 39 800 ordered pairs × (60 + 2·35) µs.
+	if got, want := c.Admissions(200), 5174*time.Millisecond; got != want {
+		t.Errorf("Admissions(200) = %v, want %v", got, want)
+	}
+	// 1000 handshakes × (6·60 + 2·30) µs.
+	if got, want := c.Handshakes(1000), 420*time.Millisecond; got != want {
+		t.Errorf("Handshakes(1000) = %v, want %v", got, want)
+	}
+	m := MeasureCrypto()
+	if m.DH <= 0 || m.KeyGen <= 0 || m.Verify <= 0 || m.DH > 10*time.Millisecond {
+		t.Errorf("measured %+v", m)
 	}
 }

@@ -157,6 +157,7 @@ type bench struct {
 	heapProfiles bool
 	trace        bool
 
+	crypto    gossip.CryptoCost
 	results   []*gossip.Result
 	notes     []string // sizes skipped and why
 	loadStart string
@@ -206,6 +207,8 @@ func (b *bench) run(ctx context.Context, out, level string) error {
 		defer pprof.StopCPUProfile()
 	}
 	b.loadStart, b.start = report.LoadAvg(), time.Now()
+	b.crypto = gossip.MeasureCrypto()
+	log.Printf("one X25519 DH %v, ephemeral key %v, Ed25519 verification %v", b.crypto.DH, b.crypto.KeyGen, b.crypto.Verify)
 
 	var done []*gossip.Result // agent6's results that converged, in order
 	for k, n := range b.sizes {
@@ -231,6 +234,7 @@ func (b *bench) run(ctx context.Context, out, level string) error {
 				Logger:         logger,
 				Progress:       log.Printf,
 				Trace:          b.trace,
+				Crypto:         b.crypto,
 				AtRest:         b.atRest(sys, n),
 			})
 			b.results = append(b.results, r)

@@ -151,8 +151,9 @@ func (b *bench) report() string {
 		"(`Join` through another node's address; for agent6 `Membership().Join` with its token) measure *one push/pull exchange*, "+
 		"less the background, and the total *at rest* adds one exchange per node per interval. *CPU at rest* is the process's "+
 		"user and system time in the window.\n\n", b.settle, b.settleMax, b.window, gossip.PushPullInterval(c, 100), gossip.PushPullSamples)
-	fmt.Fprintf(&w, "Memory is the growth over the process before the size started (after its goroutines ended, GC and "+
-		"`debug.FreeOSMemory`): Go heap in use after a GC, and VmRSS, divided by the nodes. agent6's heap includes wireguard-go's "+
+	fmt.Fprintf(&w, "Memory is the growth over the process before the size started (after its goroutines ended): Go heap in use "+
+		"and VmRSS, each read after `debug.FreeOSMemory` (a GC that hands what it freed back to the OS, so that the join's "+
+		"garbage does not count), divided by the nodes. agent6's heap includes wireguard-go's "+
 		"64 KiB message buffers (128 for each of a device's three receive and read routines, about 25 MiB), many never touched, "+
 		"so its RSS is the better measure.\n\n")
 

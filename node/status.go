@@ -19,6 +19,8 @@ type Status struct {
 	TUN        string               `json:"tun,omitempty"`
 	Peers      []PeerStatus         `json:"peers"`
 	Filter     FilterStatus         `json:"filter"`
+	// Netstack, in embedded mode, are the userspace stack's counters.
+	Netstack *NetstackStatus `json:"netstack,omitempty"`
 	// Membership, when the node runs it.
 	Membership *MembershipStatus `json:"membership,omitempty"`
 }
@@ -59,6 +61,14 @@ type FilterStatus struct {
 	Drops       map[string]uint64 `json:"drops"`
 }
 
+// NetstackStatus are the embedded stack's counters of traffic it could
+// not deliver or sent again (see overlay.NetstackStats).
+type NetstackStatus struct {
+	UDPReceiveBufferDrops uint64 `json:"udp_receive_buffer_drops"`
+	UDPUnknownPort        uint64 `json:"udp_unknown_port"`
+	TCPRetransmits        uint64 `json:"tcp_retransmits"`
+}
+
 // Status reports the node's state.
 func (n *Node) Status() (Status, error) {
 	dev, err := n.running()
@@ -92,6 +102,10 @@ func (n *Node) Status() (Status, error) {
 	}
 	fs := dev.Filter().Stats()
 	st.Filter = FilterStatus(fs)
+	if n.tnet != nil { // set before running() reports the node up, never changed
+		ns := NetstackStatus(n.tnet.Stats())
+		st.Netstack = &ns
+	}
 	if m := n.Membership(); m != nil {
 		ms := m.Stats()
 		st.Membership = &MembershipStatus{

@@ -241,3 +241,27 @@ func (n *Netstack) ListenUDP(laddr netip.AddrPort) (net.PacketConn, error) {
 	}
 	return c, nil
 }
+
+// NetstackStats are the stack's counters of traffic it could not deliver
+// or had to send again: in embedded mode the stack is the node's kernel,
+// and these are what /proc/net/snmp would say of an overloaded socket.
+type NetstackStats struct {
+	// UDPReceiveBufferDrops are datagrams dropped because the receiving
+	// socket's buffer was full: its reader fell behind (gossip in a join
+	// storm, for one).
+	UDPReceiveBufferDrops uint64 `json:"udp_receive_buffer_drops"`
+	// UDPUnknownPort are datagrams to a port no socket listens on.
+	UDPUnknownPort uint64 `json:"udp_unknown_port"`
+	// TCPRetransmits are TCP segments sent again.
+	TCPRetransmits uint64 `json:"tcp_retransmits"`
+}
+
+// Stats reads the stack's counters.
+func (n *Netstack) Stats() NetstackStats {
+	st := n.stack.Stats()
+	return NetstackStats{
+		UDPReceiveBufferDrops: st.UDP.ReceiveBufferErrors.Value(),
+		UDPUnknownPort:        st.UDP.UnknownPortErrors.Value(),
+		TCPRetransmits:        st.TCP.Retransmits.Value(),
+	}
+}

@@ -38,7 +38,11 @@ func runStatus(args []string, stdout io.Writer) error {
 		}
 	}
 	f := st.Filter
-	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v\n\n", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
+	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
+	if ns := st.Netstack; ns != nil {
+		fmt.Fprintf(stdout, "\nnetstack    UDP receive buffer drops %d, to no socket %d; TCP retransmits %d", ns.UDPReceiveBufferDrops, ns.UDPUnknownPort, ns.TCPRetransmits)
+	}
+	fmt.Fprint(stdout, "\n\n")
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER ADDRESS\tPUBLIC KEY\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {

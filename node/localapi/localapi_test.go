@@ -57,6 +57,9 @@ func TestStatus(t *testing.T) {
 	if st.Addr != n.Addr() || !st.PublicKey.Equal(n.PublicKey()) || st.Mode != "embedded" {
 		t.Fatalf("status = %+v", st)
 	}
+	if st.Netstack == nil {
+		t.Error("an embedded node's status lacks its netstack counters")
+	}
 }
 
 func TestErrorsAreJSON(t *testing.T) {
@@ -243,6 +246,9 @@ func TestWhoIs(t *testing.T) {
 		`agent6_filter_bytes_total{direction="out"}`,
 		"agent6_filter_flows ",
 		"agent6_peers 0\n",
+		"agent6_netstack_udp_receive_buffer_drops_total ",
+		"agent6_netstack_udp_unknown_port_total ",
+		"agent6_netstack_tcp_retransmits_total ",
 		"go_goroutines ",
 	} {
 		if !strings.Contains(body, want) {

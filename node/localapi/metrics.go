@@ -27,6 +27,12 @@ var (
 		"Packets passed without a flow entry because the flow table was full.", nil, nil)
 	descFlows = prometheus.NewDesc("agent6_filter_flows",
 		"Flows in the filter's flow table.", nil, nil)
+	descNetstackDrops = prometheus.NewDesc("agent6_netstack_udp_receive_buffer_drops_total",
+		"Embedded mode: datagrams the userspace stack dropped because the receiving socket's buffer was full.", nil, nil)
+	descNetstackUnknownPort = prometheus.NewDesc("agent6_netstack_udp_unknown_port_total",
+		"Embedded mode: datagrams to a port no socket of the userspace stack listens on.", nil, nil)
+	descNetstackRetransmits = prometheus.NewDesc("agent6_netstack_tcp_retransmits_total",
+		"Embedded mode: TCP segments the userspace stack sent again.", nil, nil)
 	descMembers = prometheus.NewDesc("agent6_membership_members",
 		"Agents admitted through membership, not counting this node.", nil, nil)
 	descJoined = prometheus.NewDesc("agent6_membership_joined",
@@ -48,7 +54,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
-		descFlows, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descDNS} {
+		descFlows, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descDNS} {
 		ch <- d
 	}
 }
@@ -86,6 +92,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descFlows, float64(f.ActiveFlows))
 	for reason, v := range f.Drops {
 		counter(descDrops, v, reason)
+	}
+	if ns := st.Netstack; ns != nil {
+		counter(descNetstackDrops, ns.UDPReceiveBufferDrops)
+		counter(descNetstackUnknownPort, ns.UDPUnknownPort)
+		counter(descNetstackRetransmits, ns.TCPRetransmits)
 	}
 	if m := st.Membership; m != nil {
 		gauge(descMembers, float64(m.Members))

@@ -249,11 +249,11 @@ type NetstackStats struct {
 	// UDPReceiveBufferDrops are datagrams dropped because the receiving
 	// socket's buffer was full: its reader fell behind (gossip in a join
 	// storm, for one).
-	UDPReceiveBufferDrops uint64 `json:"udp_receive_buffer_drops"`
+	UDPReceiveBufferDrops uint64
 	// UDPUnknownPort are datagrams to a port no socket listens on.
-	UDPUnknownPort uint64 `json:"udp_unknown_port"`
+	UDPUnknownPort uint64
 	// TCPRetransmits are TCP segments sent again.
-	TCPRetransmits uint64 `json:"tcp_retransmits"`
+	TCPRetransmits uint64
 }
 
 // Stats reads the stack's counters.

@@ -16,9 +16,7 @@ import (
 // ephemeral key (KeyGen), and crypto/ed25519 (Verify), which checks
 // credentials and records.
 type CryptoCost struct {
-	DH     time.Duration `json:"dh_ns"`
-	KeyGen time.Duration `json:"keygen_ns"`
-	Verify time.Duration `json:"verify_ns"`
+	DH, KeyGen, Verify time.Duration
 }
 
 // MeasureCrypto times each operation: the median of five batches of 200.

@@ -210,10 +210,14 @@ func aaaa(resp *mdns.Msg) []netip.Addr {
 }
 
 // Every node serves the agent6. zone on its overlay address; a peer asks
-// it over the overlay, by UDP and by TCP.
+// it over the overlay, by TCP and by UDP. TCP first: the first packet
+// between two members waits for a WireGuard handshake, 5 s when it
+// crossed one from the peer (wireguard-go retries then), as long as a
+// UDP query's timeout here; the TCP dial waits up to 10 s, and then the
+// session is up for UDP. (A real resolver would retry the query.)
 func TestDNSOverOverlay(t *testing.T) {
 	f := newFederation(t)
-	for _, network := range []string{"udp", "tcp"} {
+	for _, network := range []string{"tcp", "udp"} {
 		// The search tool asks the planner's server about the planner
 		// itself, a third agent, and itself.
 		for name, want := range map[string]netip.Addr{

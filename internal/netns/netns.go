@@ -53,6 +53,9 @@ type NS struct {
 	Addr netip.Addr
 
 	closed atomic.Bool
+
+	mu      sync.Mutex
+	started []*exec.Cmd // by Command, for Close to kill
 }
 
 // seq numbers the namespaces of this process, so names stay unique.
@@ -76,11 +79,16 @@ func newNS(ctx context.Context, prefix, role string) (*NS, error) {
 // through `ip netns exec`, which execs the program: the PID of the started
 // command is the program's own. When ctx is done the program receives SIGTERM,
 // and SIGKILL StopDelay later if it has not exited (exec.Cmd's Cancel and
-// WaitDelay, which the caller may change before Start).
+// WaitDelay, which the caller may change before Start). Close kills it too,
+// even if it has not entered the namespace yet; start it before Close, or
+// from the goroutine that calls Close.
 func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = StopDelay
+	ns.mu.Lock()
+	ns.started = append(ns.started, cmd)
+	ns.mu.Unlock()
 	return cmd
 }
 
@@ -120,15 +128,17 @@ func (ns *NS) PIDs(ctx context.Context) ([]int, error) {
 	return pids, nil
 }
 
-// Close kills, by PID, every process still inside the namespace, then
-// deletes the namespace, which destroys its interfaces. It waits for both. A
-// second Close returns an error wrapping net.ErrClosed.
+// Close kills, by PID, every process still inside the namespace and every
+// one started by Command, then deletes the namespace, which destroys its
+// interfaces. It waits for both. A second Close returns an error wrapping
+// net.ErrClosed.
 func (ns *NS) Close() error {
 	if ns.closed.Swap(true) {
 		return fmt.Errorf("netns: %s: %w", ns.Name, net.ErrClosed)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
+	ns.killStarted()
 	var errs []error
 	if err := ns.kill(ctx); err != nil {
 		errs = append(errs, err)
@@ -137,6 +147,23 @@ func (ns *NS) Close() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// killStarted sends SIGKILL to the processes Command started. One may not
+// be inside yet: `ip netns exec` that has opened the namespace but not
+// entered it is not among its PIDs, and would run its program in the
+// namespace after Close deleted it. os.Process refuses to signal a process
+// that has been waited for, so a PID that was reused is never hit.
+func (ns *NS) killStarted() {
+	ns.mu.Lock()
+	started := ns.started
+	ns.started = nil
+	ns.mu.Unlock()
+	for _, cmd := range started {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill() // os.ErrProcessDone when it has exited
+		}
+	}
 }
 
 // kill sends SIGKILL to the processes inside the namespace and waits until

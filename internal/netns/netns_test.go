@@ -59,36 +59,46 @@ func TestLAN(t *testing.T) {
 	}
 }
 
+// Close kills what runs inside, even a program that `ip netns exec` has
+// not moved into the namespace yet: Close right after Start races with it,
+// so the test closes ten pairs that way.
 func TestClose(t *testing.T) {
 	ctx := setup(t)
-	p, err := netns.NewPair(ctx, "a6t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sleep := p.A.Command(ctx, "sleep", "60")
-	if err := sleep.Start(); err != nil {
-		p.Close()
-		t.Fatal(err)
-	}
-	waited := make(chan error, 1)
-	go func() { waited <- sleep.Wait() }()
+	for range 10 {
+		p, err := netns.NewPair(ctx, "a6t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sleep := p.A.Command(ctx, "sleep", "60")
+		if err := sleep.Start(); err != nil {
+			p.Close()
+			t.Fatal(err)
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- sleep.Wait() }()
 
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-waited; err == nil {
-		t.Error("sleep inside the namespace exited cleanly; want it killed by Close")
-	}
-	if err := p.Close(); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("second Close: %v, want net.ErrClosed", err)
-	}
-	out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{p.A.Name, p.B.Name} {
-		if strings.Contains(string(out), name) {
-			t.Errorf("namespace %s still listed after Close", name)
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-waited:
+			if err == nil {
+				t.Error("sleep inside the namespace exited cleanly; want it killed by Close")
+			}
+		case <-time.After(netns.StopDelay):
+			t.Fatalf("sleep (pid %d) still running %v after Close", sleep.Process.Pid, netns.StopDelay)
+		}
+		if err := p.Close(); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("second Close: %v, want net.ErrClosed", err)
+		}
+		out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{p.A.Name, p.B.Name} {
+			if strings.Contains(string(out), name) {
+				t.Errorf("namespace %s still listed after Close", name)
+			}
 		}
 	}
 }

@@ -525,10 +525,8 @@ func (p *peer) targets() []netip.AddrPort {
 	return out
 }
 
-// reconnectDead reconciles the peer table with memberlist — an admitted
-// peer that memberlist has not listed as alive or suspect for three
-// intervals is removed (a leave event lost, or a HELLO answered just before
-// its sender left) — and forgets the peers dead longer than DeadForget.
+// reconnectDead reconciles the peer table with memberlist (see
+// removeUnlisted) and forgets the peers dead longer than DeadForget.
 func (m *Membership) reconnectDead() {
 	now := time.Now()
 	if m.ml != nil {
@@ -536,17 +534,7 @@ func (m *Membership) reconnectDead() {
 		for _, n := range m.ml.Members() {
 			live[n.Name] = true
 		}
-		var gone []netip.Addr
-		m.mu.Lock()
-		for addr, p := range m.peers {
-			if p.admitted && !live[nodeName(addr)] && now.Sub(p.admittedAt) > 3*m.cfg.ReconnectInterval {
-				gone = append(gone, addr)
-			}
-		}
-		m.mu.Unlock()
-		for _, a := range gone {
-			m.remove(a, "dead")
-		}
+		m.removeUnlisted(now, live)
 	}
 	m.mu.Lock()
 	for addr, p := range m.peers {
@@ -555,6 +543,26 @@ func (m *Membership) reconnectDead() {
 		}
 	}
 	m.mu.Unlock()
+}
+
+// removeUnlisted removes the admitted peers that memberlist does not list
+// as alive or suspect (live, by node name) although they were admitted
+// over three reconnect intervals ago: a leave event lost, or a HELLO
+// answered just before its sender left. A peer memberlist declared dead
+// is not one of them: it keeps its WireGuard peer for deadGrace, so that
+// its refutation can come through, and removeDead removes it after that.
+func (m *Membership) removeUnlisted(now time.Time, live map[string]bool) {
+	var gone []netip.Addr
+	m.mu.Lock()
+	for addr, p := range m.peers {
+		if p.admitted && p.state != "dead" && !live[nodeName(addr)] && now.Sub(p.admittedAt) > 3*m.cfg.ReconnectInterval {
+			gone = append(gone, addr)
+		}
+	}
+	m.mu.Unlock()
+	for _, a := range gone {
+		m.remove(a, "dead")
+	}
 }
 
 // firstReconnect is how long after its removal a dead peer is first sent a

@@ -389,3 +389,30 @@ func (nopPeers) SetPeer(identity.WGPublicKey, netip.AddrPort, []netip.Prefix) er
 func (nopPeers) RemovePeer(identity.WGPublicKey) error                              { return nil }
 func (nopPeers) Await(netip.Addr)                                                   {}
 func (nopPeers) EndAwait(netip.Addr, bool)                                          {}
+
+// Reconciling with memberlist removes an admitted peer it no longer lists,
+// but not one it declared dead within the grace (removeDead's, later), nor
+// one admitted too recently for memberlist to have heard of it.
+func TestRemoveUnlisted(t *testing.T) {
+	now := time.Now()
+	long := now.Add(-time.Minute)
+	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 15: i}) }
+	m := &Membership{cfg: Config{ReconnectInterval: 2 * time.Second}, peers: map[netip.Addr]*peer{
+		a(1): {admitted: true, state: "alive", admittedAt: long, rec: &record{}},                  // unlisted: removed
+		a(2): {admitted: true, state: "dead", admittedAt: long, deadSince: now, rec: &record{}},   // in its grace
+		a(3): {admitted: true, state: "alive", admittedAt: now.Add(-time.Second), rec: &record{}}, // just admitted
+		a(4): {admitted: true, state: "alive", admittedAt: long, rec: &record{}},                  // listed
+		a(5): {admitted: false, state: "left", admittedAt: long, deadSince: long, rec: &record{}}, // gone already
+	}}
+	m.log = slog.New(slog.DiscardHandler)
+	m.cfg.Peers = nopPeers{}
+	m.removeUnlisted(now, map[string]bool{nodeName(a(4)): true})
+	for i, want := range map[byte]bool{1: false, 2: true, 3: true, 4: true, 5: false} {
+		if got := m.peers[a(i)].admitted; got != want {
+			t.Errorf("peer %d admitted = %v, want %v", i, got, want)
+		}
+	}
+	if m.peers[a(1)].state != "dead" {
+		t.Errorf("unlisted peer's state %q, want dead", m.peers[a(1)].state)
+	}
+}

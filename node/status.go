@@ -19,6 +19,9 @@ type Status struct {
 	TUN        string               `json:"tun,omitempty"`
 	Peers      []PeerStatus         `json:"peers"`
 	Filter     FilterStatus         `json:"filter"`
+	// Handshakes counts what the node did to keep first WireGuard
+	// handshakes from waiting for the 5 s retry.
+	Handshakes HandshakeStatus `json:"handshakes"`
 	// Netstack, in embedded mode, are the userspace stack's counters.
 	Netstack *NetstackStatus `json:"netstack,omitempty"`
 	// Membership, when the node runs it.
@@ -59,6 +62,19 @@ type FilterStatus struct {
 	Untracked   uint64            `json:"untracked_packets"`
 	Held        uint64            `json:"held_packets"`
 	Drops       map[string]uint64 `json:"drops"`
+}
+
+// HandshakeStatus counts (see overlay.HandshakeStats) the handshakes
+// this node and a peer started at once, where the peer's initiation was
+// held while this node's awaited its response, then dropped when the
+// response came (CrossAnswered) or delivered when it did not come in time
+// (CrossReleased); and the initiations that arrived before their peer was
+// admitted, handed to WireGuard again once it was (Redelivered).
+type HandshakeStatus struct {
+	CrossHeld     uint64 `json:"crossed_held"`
+	CrossAnswered uint64 `json:"crossed_answered"`
+	CrossReleased uint64 `json:"crossed_released"`
+	Redelivered   uint64 `json:"redelivered"`
 }
 
 // NetstackStatus are the embedded stack's counters of traffic it could
@@ -102,6 +118,7 @@ func (n *Node) Status() (Status, error) {
 	}
 	fs := dev.Filter().Stats()
 	st.Filter = FilterStatus(fs)
+	st.Handshakes = HandshakeStatus(n.bind.HandshakeStats())
 	if n.tnet != nil { // set before running() reports the node up, never changed
 		ns := NetstackStatus(n.tnet.Stats())
 		st.Netstack = &ns

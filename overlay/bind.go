@@ -2,7 +2,9 @@ package overlay
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -19,16 +21,25 @@ type ControlHandler func(from netip.AddrPort, frame []byte)
 
 // Bind is the node's one UDP socket: a conn.Bind that carries WireGuard
 // and, told apart by their first byte, Agent6 control frames, which it
-// hands to a ControlHandler instead of WireGuard. Safe for concurrent use.
+// hands to a ControlHandler instead of WireGuard. It also keeps first
+// handshakes from stalling for WireGuard's retry (see handshake.go). Safe
+// for concurrent use.
 type Bind struct {
 	conn.Bind
 	handler atomic.Pointer[ControlHandler]
+	hs      *handshakes
+
+	mu   sync.Mutex
+	done chan struct{} // closed by Close: ends the receive function of held initiations
 }
 
 var _ conn.Bind = (*Bind)(nil)
 
 // NewBind wraps wireguard-go's default bind.
-func NewBind() *Bind { return &Bind{Bind: conn.NewDefaultBind()} }
+func NewBind() *Bind { return &Bind{Bind: conn.NewDefaultBind(), hs: newHandshakes()} }
+
+// HandshakeStats reports what the Bind did for first handshakes.
+func (b *Bind) HandshakeStats() HandshakeStats { return b.hs.stats() }
 
 // SetControlHandler sets the receiver of control frames; nil drops them.
 func (b *Bind) SetControlHandler(h ControlHandler) {
@@ -40,32 +51,66 @@ func (b *Bind) SetControlHandler(h ControlHandler) {
 }
 
 // Open implements conn.Bind, wrapping each receive function so that
-// control frames never reach WireGuard.
+// control frames never reach WireGuard and crossed initiations can be
+// held, and adding one that delivers the initiations released or
+// redelivered.
 func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.Bind.Open(port)
 	if err != nil {
 		return nil, 0, err
 	}
-	wrapped := make([]conn.ReceiveFunc, len(fns))
-	for i, fn := range fns {
-		wrapped[i] = b.demux(fn)
+	wrapped := make([]conn.ReceiveFunc, 0, len(fns)+1)
+	for _, fn := range fns {
+		wrapped = append(wrapped, b.demux(fn))
 	}
-	return wrapped, actual, nil
+	done := make(chan struct{})
+	b.mu.Lock()
+	b.done = done
+	b.mu.Unlock()
+	return append(wrapped, b.hs.receiveFunc(done)), actual, nil
+}
+
+// Close implements conn.Bind.
+func (b *Bind) Close() error {
+	b.mu.Lock()
+	if b.done != nil {
+		close(b.done)
+		b.done = nil
+	}
+	b.mu.Unlock()
+	return b.Bind.Close()
+}
+
+// Send implements conn.Bind, noting this node's handshake initiations.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	for _, buf := range bufs {
+		if handshakeType(buf) == wgInitiation {
+			b.hs.initiated(buf, ep, time.Now())
+		}
+	}
+	return b.Bind.Send(bufs, ep)
 }
 
 func (b *Bind) demux(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		n, err := fn(packets, sizes, eps)
 		for i := range n {
-			if sizes[i] == 0 || packets[i][0] != ControlMagic {
+			if sizes[i] == 0 {
 				continue
 			}
-			if h := b.handler.Load(); h != nil {
-				if ap, perr := netip.ParseAddrPort(eps[i].DstToString()); perr == nil {
-					(*h)(ap, packets[i][:sizes[i]])
+			switch pkt := packets[i][:sizes[i]]; pkt[0] {
+			case ControlMagic:
+				if h := b.handler.Load(); h != nil {
+					if ap, perr := netip.ParseAddrPort(eps[i].DstToString()); perr == nil {
+						(*h)(ap, pkt)
+					}
+				}
+				sizes[i] = 0 // wireguard-go skips packets shorter than a message
+			case wgInitiation, wgResponse:
+				if b.hs.received(pkt, eps[i], time.Now()) {
+					sizes[i] = 0
 				}
 			}
-			sizes[i] = 0 // wireguard-go skips packets shorter than a message
 		}
 		return n, err
 	}

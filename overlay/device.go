@@ -31,7 +31,9 @@ type Config struct {
 	// PrivateKey; the rest default as FilterConfig documents.
 	Filter FilterConfig
 	// Bind is the UDP transport; nil means wireguard-go's default (one
-	// socket per address family on ListenPort).
+	// socket per address family on ListenPort). With a *Bind, an
+	// initiation that arrived before its peer was set is redelivered when
+	// SetPeer adds the peer.
 	Bind conn.Bind
 	// Logger receives the device's log. Nil discards.
 	Logger *slog.Logger
@@ -63,6 +65,7 @@ type PeerStats struct {
 // configured through typed values. Safe for concurrent use.
 type Device struct {
 	wg     *device.Device
+	bind   conn.Bind
 	filter *Filter
 	addr   netip.Addr
 	log    *slog.Logger
@@ -116,6 +119,7 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 	d := &Device{
 		allowed: make(map[identity.WGPublicKey]map[netip.Prefix]bool),
 		wg:      device.NewDevice(filter, bind, wgLog),
+		bind:    bind,
 		filter:  filter,
 		addr:    addr,
 		log:     log,
@@ -197,6 +201,9 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
 	}
 	d.allowed[p.PublicKey] = want
+	if b, ok := d.bind.(*Bind); ok && have == nil && p.Endpoint.IsValid() {
+		b.hs.redeliver(p.Endpoint, time.Now())
+	}
 	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint, "allowed", len(want))
 	return nil
 }

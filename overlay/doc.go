@@ -11,4 +11,9 @@
 // cryptokey routing, with each peer's AllowedIPs set to the /128 derived
 // from its key, refuses inbound packets whose source does not belong to the
 // peer that sent them. Together they make the source address an identity.
+//
+// Under wireguard-go, Bind is the node's one UDP socket: it hands Agent6
+// control frames to membership instead of WireGuard, and settles
+// handshakes that two peers start at the same moment, which would
+// otherwise refuse each other and wait 5 s to retry (crossing.go).
 package overlay

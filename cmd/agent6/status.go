@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/agent6/agent6/node"
 	"github.com/agent6/agent6/node/localapi"
 )
 
@@ -39,6 +40,9 @@ func runStatus(args []string, stdout io.Writer) error {
 	}
 	f := st.Filter
 	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
+	if h := st.Handshakes; h != (node.HandshakeStatus{}) {
+		fmt.Fprintf(stdout, "\nhandshakes  %d crossed (%d answered, %d released), %d redelivered", h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.Redelivered)
+	}
 	if ns := st.Netstack; ns != nil {
 		fmt.Fprintf(stdout, "\nnetstack    UDP receive buffer drops %d, to no socket %d; TCP retransmits %d", ns.UDPReceiveBufferDrops, ns.UDPUnknownPort, ns.TCPRetransmits)
 	}

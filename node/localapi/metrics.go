@@ -27,6 +27,10 @@ var (
 		"Packets passed without a flow entry because the flow table was full.", nil, nil)
 	descFlows = prometheus.NewDesc("agent6_filter_flows",
 		"Flows in the filter's flow table.", nil, nil)
+	descCrossings = prometheus.NewDesc("agent6_wireguard_handshake_crossings_total",
+		"Handshakes this node and a peer started at once, by how the peer's held initiation ended (answered: dropped once ours was answered; released: delivered when ours was not).", []string{"outcome"}, nil)
+	descRedelivered = prometheus.NewDesc("agent6_wireguard_handshake_redelivered_total",
+		"Handshake initiations that arrived before their peer was admitted, handed to WireGuard again once it was.", nil, nil)
 	descNetstackDrops = prometheus.NewDesc("agent6_netstack_udp_receive_buffer_drops_total",
 		"Embedded mode: datagrams the userspace stack dropped because the receiving socket's buffer was full.", nil, nil)
 	descNetstackUnknownPort = prometheus.NewDesc("agent6_netstack_udp_unknown_port_total",
@@ -54,7 +58,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
-		descFlows, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descDNS} {
+		descFlows, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descDNS} {
 		ch <- d
 	}
 }
@@ -93,6 +97,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, v := range f.Drops {
 		counter(descDrops, v, reason)
 	}
+	counter(descCrossings, st.Handshakes.CrossAnswered, "answered")
+	counter(descCrossings, st.Handshakes.CrossReleased, "released")
+	counter(descRedelivered, st.Handshakes.Redelivered)
 	if ns := st.Netstack; ns != nil {
 		counter(descNetstackDrops, ns.UDPReceiveBufferDrops)
 		counter(descNetstackUnknownPort, ns.UDPUnknownPort)

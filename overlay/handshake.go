@@ -1,0 +1,276 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Two ways a first WireGuard handshake stalls for wireguard-go's 5 s retry
+// (REKEY_TIMEOUT), and what the Bind, which sees every handshake message,
+// does about them.
+//
+// Crossed initiations. When two peers initiate to each other at about the
+// same time, each consumes the other's initiation, which discards its own,
+// and then refuses the response to that discarded one: neither handshake
+// completes, and at the retry they can cross again. An overlay makes this
+// common: gossip runs both ways between every pair, and both sides of an
+// admission release the packets they held for each other at once; in a
+// 30-node join about one pair in ten crossed. So while this node's
+// initiation to an endpoint awaits its response, an initiation from that
+// endpoint with a smaller sender index than ours is held back. The peer
+// holds nothing, since it compares the same two indices, and answers ours;
+// when that response arrives the held initiation is dropped, one handshake
+// done. If none comes within crossHold of our initiation (it was lost, or
+// reached the peer before the peer knew us), the held one is delivered, as
+// it would have been at once.
+//
+// Initiations before admission. Admission is a HELLO and its ACK: the
+// side that gets the HELLO admits first and may initiate at once, and
+// wireguard-go drops that initiation if it arrives before the ACK has made
+// the sender a peer on the other side. So the Bind keeps the last
+// initiation from each endpoint for a retry's time, and when the Device
+// adds a peer at that endpoint it hands WireGuard the initiation again
+// (Bind.redeliver), which now completes the handshake.
+
+// WireGuard message layout (the whitepaper, §5.4): a little-endian type,
+// then the sender's index; a response carries the receiver's index next.
+const (
+	wgInitiation     = 1
+	wgResponse       = 2
+	wgInitiationSize = 148
+	wgResponseSize   = 92
+)
+
+// crossHold is how long after this node's initiation a crossing one is
+// held for its answer: well above a handshake's round trip under load,
+// well below the retry that a crossing costs otherwise.
+const crossHold = time.Second
+
+// rekeyTimeout is wireguard-go's retry interval: an initiation older than
+// this has been superseded by its sender's next one.
+const rekeyTimeout = 5 * time.Second
+
+// maxTracked bounds each table of initiations, one entry per endpoint:
+// beyond it, handshakes are left to wireguard-go's retry.
+const maxTracked = 4096
+
+// HandshakeStats counts what the Bind did for first handshakes.
+type HandshakeStats struct {
+	CrossHeld     uint64 // a peer's initiation held while ours awaited its response
+	CrossAnswered uint64 // ours was answered first: the held one was dropped
+	CrossReleased uint64 // ours went unanswered: the held one was delivered
+	Redelivered   uint64 // an initiation that came before its peer was added, handed to WireGuard again
+}
+
+// handshakeType returns the WireGuard handshake message type of b (an
+// initiation or a response of the right size), or 0.
+func handshakeType(b []byte) byte {
+	switch {
+	case len(b) == wgInitiationSize && binary.LittleEndian.Uint32(b) == wgInitiation:
+		return wgInitiation
+	case len(b) == wgResponseSize && binary.LittleEndian.Uint32(b) == wgResponse:
+		return wgResponse
+	}
+	return 0
+}
+
+// endpointAddr is ep's address, IPv4-mapped IPv6 unmapped, so that the
+// endpoint WireGuard sends to and the source it hears from compare equal.
+func endpointAddr(ep conn.Endpoint) (netip.AddrPort, bool) {
+	var ap netip.AddrPort
+	if e, ok := ep.(*conn.StdNetEndpoint); ok {
+		ap = e.AddrPort
+	} else {
+		var err error
+		if ap, err = netip.ParseAddrPort(ep.DstToString()); err != nil {
+			return ap, false
+		}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+type sentInit struct {
+	index uint32
+	at    time.Time
+}
+
+type initiation struct {
+	pkt []byte
+	ep  conn.Endpoint
+	at  time.Time // when it arrived
+}
+
+// handshakes is the Bind's record of handshakes in flight. Safe for
+// concurrent use.
+type handshakes struct {
+	mu    sync.Mutex
+	sent  map[netip.AddrPort]sentInit    // our initiation awaiting its response
+	held  map[netip.AddrPort]*initiation // the peer's crossing one, held meanwhile
+	last  map[netip.AddrPort]initiation  // the last one delivered, for redeliver
+	ready chan initiation                // for the receive function
+
+	crossHeld, crossAnswered, crossReleased, redelivered atomic.Uint64
+}
+
+func newHandshakes() *handshakes {
+	return &handshakes{
+		sent:  make(map[netip.AddrPort]sentInit),
+		held:  make(map[netip.AddrPort]*initiation),
+		last:  make(map[netip.AddrPort]initiation),
+		ready: make(chan initiation, 2*maxTracked),
+	}
+}
+
+func (h *handshakes) stats() HandshakeStats {
+	return HandshakeStats{
+		CrossHeld:     h.crossHeld.Load(),
+		CrossAnswered: h.crossAnswered.Load(),
+		CrossReleased: h.crossReleased.Load(),
+		Redelivered:   h.redelivered.Load(),
+	}
+}
+
+// room makes room for one more entry in m, dropping those older than
+// maxAge, and reports whether there is.
+func room[V any](m map[netip.AddrPort]V, age func(V) time.Time, maxAge time.Duration, now time.Time) bool {
+	if len(m) < maxTracked {
+		return true
+	}
+	for k, v := range m {
+		if now.Sub(age(v)) > maxAge {
+			delete(m, k)
+		}
+	}
+	return len(m) < maxTracked
+}
+
+// initiated records this node's initiation b to ep.
+func (h *handshakes) initiated(b []byte, ep conn.Endpoint, now time.Time) {
+	ap, ok := endpointAddr(ep)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.sent[ap]; !ok && !room(h.sent, func(s sentInit) time.Time { return s.at }, crossHold, now) {
+		return
+	}
+	h.sent[ap] = sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now}
+}
+
+// received looks at a handshake message b from ep before WireGuard does,
+// and reports whether to hold it back.
+func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold bool) {
+	typ := handshakeType(b)
+	if typ == 0 {
+		return false
+	}
+	ap, ok := endpointAddr(ep)
+	if !ok {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, outstanding := h.sent[ap]
+	if typ == wgResponse {
+		if outstanding && binary.LittleEndian.Uint32(b[8:]) == s.index {
+			delete(h.sent, ap)
+			if h.held[ap] != nil {
+				delete(h.held, ap)
+				h.crossAnswered.Add(1)
+			}
+		}
+		return false
+	}
+	wait := s.at.Add(crossHold).Sub(now)
+	if outstanding && wait > 0 && binary.LittleEndian.Uint32(b[4:]) < s.index {
+		if held := h.held[ap]; held != nil { // the peer's newer one replaces it
+			held.pkt = append(held.pkt[:0], b...)
+			held.ep, held.at = ep, now
+			return true
+		}
+		if len(h.held) < maxTracked {
+			held := &initiation{pkt: append([]byte(nil), b...), ep: ep, at: now}
+			h.held[ap] = held
+			h.crossHeld.Add(1)
+			time.AfterFunc(wait, func() { h.release(ap, held) })
+			return true
+		}
+	}
+	// Delivered: consuming it discards our initiation, whose response
+	// wireguard-go will refuse.
+	delete(h.sent, ap)
+	h.keep(ap, b, ep, now)
+	return false
+}
+
+// keep remembers b as the last initiation delivered from ap. Called with
+// h.mu held.
+func (h *handshakes) keep(ap netip.AddrPort, b []byte, ep conn.Endpoint, now time.Time) {
+	l, ok := h.last[ap]
+	if !ok && !room(h.last, func(i initiation) time.Time { return i.at }, rekeyTimeout, now) {
+		return
+	}
+	h.last[ap] = initiation{pkt: append(l.pkt[:0], b...), ep: ep, at: now}
+}
+
+// release delivers held unless the response to ours came first.
+func (h *handshakes) release(ap netip.AddrPort, held *initiation) {
+	h.mu.Lock()
+	if h.held[ap] != held {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.held, ap)
+	delete(h.sent, ap) // consuming the held one discards ours
+	out := initiation{pkt: held.pkt, ep: held.ep, at: held.at}
+	h.keep(ap, out.pkt, out.ep, time.Now())
+	h.mu.Unlock()
+	if h.deliver(out) {
+		h.crossReleased.Add(1)
+	}
+}
+
+// redeliver hands WireGuard again the last initiation from ap, if it came
+// less than rekeyTimeout ago: one that arrived before its peer was added
+// was dropped, and its sender would wait for the retry.
+func (h *handshakes) redeliver(ap netip.AddrPort, now time.Time) {
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	h.mu.Lock()
+	l, ok := h.last[ap]
+	delete(h.last, ap)
+	h.mu.Unlock()
+	if ok && now.Sub(l.at) < rekeyTimeout && h.deliver(l) {
+		h.redelivered.Add(1)
+	}
+}
+
+func (h *handshakes) deliver(i initiation) bool {
+	select {
+	case h.ready <- i:
+		return true
+	default: // full: the bind is closed and nobody reads
+		return false
+	}
+}
+
+// receiveFunc is an extra conn.ReceiveFunc that hands WireGuard the
+// initiations released or redelivered, until done is closed.
+func (h *handshakes) receiveFunc(done <-chan struct{}) conn.ReceiveFunc {
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		select {
+		case i := <-h.ready:
+			sizes[0] = copy(bufs[0], i.pkt)
+			eps[0] = i.ep
+			return 1, nil
+		case <-done:
+			return 0, net.ErrClosed
+		}
+	}
+}

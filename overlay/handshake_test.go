@@ -1,0 +1,328 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/agent6/agent6/identity"
+)
+
+func initMsg(sender uint32) []byte {
+	b := make([]byte, wgInitiationSize)
+	b[0] = wgInitiation
+	binary.LittleEndian.PutUint32(b[4:], sender)
+	return b
+}
+
+func respMsg(sender, receiver uint32) []byte {
+	b := make([]byte, wgResponseSize)
+	b[0] = wgResponse
+	binary.LittleEndian.PutUint32(b[4:], sender)
+	binary.LittleEndian.PutUint32(b[8:], receiver)
+	return b
+}
+
+func endpoint(s string) conn.Endpoint {
+	return &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort(s)}
+}
+
+// The side with the larger sender index holds the peer's crossing
+// initiation until its own is answered, then drops it; the other side
+// delivers at once. Nothing is held without an initiation of ours in
+// flight to that endpoint, nor after crossHold.
+func TestCrossingTieBreak(t *testing.T) {
+	p, q := endpoint("127.0.0.1:1000"), endpoint("127.0.0.1:2000")
+	now := time.Now()
+
+	c := newHandshakes()
+	if c.received(initMsg(5), p, now) {
+		t.Fatal("held an initiation with none of ours in flight")
+	}
+	c.initiated(initMsg(100), p, now)
+	if c.received(initMsg(200), p, now) {
+		t.Fatal("held an initiation with a larger index than ours")
+	}
+	if c.received(initMsg(5), p, now) {
+		t.Fatal("held an initiation after delivering one: ours was discarded")
+	}
+
+	c.initiated(initMsg(100), p, now)
+	c.initiated(initMsg(100), q, now.Add(-2*crossHold))
+	if c.received(initMsg(50), q, now) {
+		t.Fatal("held an initiation after ours had had crossHold for its answer")
+	}
+	if !c.received(initMsg(50), p, now) {
+		t.Fatal("did not hold a crossing initiation with a smaller index")
+	}
+	if !c.received(initMsg(60), p, now) { // a newer one replaces it
+		t.Fatal("did not hold the peer's newer crossing initiation")
+	}
+	if c.received(respMsg(7, 99), p, now) || c.stats().CrossAnswered != 0 {
+		t.Fatal("a response to another initiation ended the hold")
+	}
+	if c.received(respMsg(7, 100), p, now) {
+		t.Fatal("held a response")
+	}
+	if st := c.stats(); st != (HandshakeStats{CrossHeld: 1, CrossAnswered: 1}) {
+		t.Fatalf("stats %+v, want one held and answered", st)
+	}
+	if len(c.held) != 0 || len(c.sent) != 0 {
+		t.Fatalf("left %d held, %d in flight", len(c.held), len(c.sent))
+	}
+	if c.received(initMsg(5), p, now) {
+		t.Fatal("held an initiation after ours was answered")
+	}
+	for _, b := range [][]byte{initMsg(1)[:100], {wgInitiation, 0, 0, 0}, append(initMsg(1), 0)} {
+		if c.received(b, p, now) {
+			t.Fatalf("held a %d-byte message", len(b))
+		}
+	}
+}
+
+// An initiation held for an answer that does not come is delivered through
+// the bind's extra receive function once ours has had crossHold.
+func TestCrossingRelease(t *testing.T) {
+	p := endpoint("127.0.0.1:1000")
+	c := newHandshakes()
+	done := make(chan struct{})
+	recv := c.receiveFunc(done)
+
+	c.initiated(initMsg(100), p, time.Now().Add(-crossHold+20*time.Millisecond))
+	held := initMsg(50)
+	if !c.received(held, p, time.Now()) {
+		t.Fatal("did not hold")
+	}
+	bufs, sizes, eps := [][]byte{make([]byte, 1500)}, []int{0}, []conn.Endpoint{nil}
+	n, err := recv(bufs, sizes, eps)
+	if err != nil || n != 1 || sizes[0] != len(held) || string(bufs[0][:sizes[0]]) != string(held) || eps[0] != p {
+		t.Fatalf("released %d packets (%d bytes from %v), %v", n, sizes[0], eps[0], err)
+	}
+	if st := c.stats(); st != (HandshakeStats{CrossHeld: 1, CrossReleased: 1}) {
+		t.Fatalf("stats %+v, want one held and released", st)
+	}
+	// Delivering it discarded ours: the next initiation is not held.
+	if c.received(initMsg(5), p, time.Now()) {
+		t.Fatal("held an initiation after releasing one")
+	}
+	close(done)
+	if _, err := recv(bufs, sizes, eps); err != net.ErrClosed {
+		t.Fatalf("receive after close: %v, want net.ErrClosed", err)
+	}
+}
+
+// delayRelay stands between two WireGuard devices on loopback and delays
+// every datagram by d each way, so that handshakes started at once cross.
+// A sends to AddrA and hears from it; B likewise with AddrB.
+type delayRelay struct {
+	ca, cb *net.UDPConn
+	wg     sync.WaitGroup
+}
+
+func newDelayRelay(t *testing.T, d time.Duration, a, b netip.AddrPort) *delayRelay {
+	t.Helper()
+	listen := func() *net.UDPConn {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	r := &delayRelay{ca: listen(), cb: listen()}
+	forward := func(from, to *net.UDPConn, dst netip.AddrPort) {
+		defer r.wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, err := from.Read(buf)
+			if err != nil {
+				return
+			}
+			pkt := append([]byte(nil), buf[:n]...)
+			time.AfterFunc(d, func() { to.WriteToUDPAddrPort(pkt, dst) })
+		}
+	}
+	r.wg.Add(2)
+	go forward(r.ca, r.cb, b)
+	go forward(r.cb, r.ca, a)
+	t.Cleanup(func() { r.ca.Close(); r.cb.Close(); r.wg.Wait() })
+	return r
+}
+
+func (r *delayRelay) AddrA() netip.AddrPort { return r.ca.LocalAddr().(*net.UDPAddr).AddrPort() }
+func (r *delayRelay) AddrB() netip.AddrPort { return r.cb.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+type crossNode struct {
+	key  identity.WGPrivateKey
+	dev  *Device
+	ns   *Netstack
+	bind *Bind
+	port uint16
+}
+
+func newCrossNode(t *testing.T) *crossNode {
+	t.Helper()
+	k, _ := identity.GeneratePrivateKey()
+	n := &crossNode{key: k.WireGuard(), bind: NewBind()}
+	backend, ns, err := NewNetstack(n.key.Public().Addr(), 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.ns = ns
+	if n.dev, err = NewDevice(backend, Config{PrivateKey: n.key, Bind: n.bind}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.dev.Close() })
+	if n.port, err = n.dev.ListenPort(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Two devices that start their first handshake at the same moment, 200 ms
+// apart, complete one handshake at once instead of refusing each other's
+// response and waiting wireguard-go's 5 s retry; one side held the other's
+// initiation until its own was answered. Repeated, since each round's
+// sender indices, and so the side that holds, are random.
+func TestCrossedHandshakesComplete(t *testing.T) {
+	for round := range 3 {
+		a, b := newCrossNode(t), newCrossNode(t)
+		loop := netip.MustParseAddr("127.0.0.1")
+		r := newDelayRelay(t, 100*time.Millisecond, netip.AddrPortFrom(loop, a.port), netip.AddrPortFrom(loop, b.port))
+		if err := a.dev.SetPeer(PeerConfig{PublicKey: b.key.Public(), Endpoint: r.AddrA()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.dev.SetPeer(PeerConfig{PublicKey: a.key.Public(), Endpoint: r.AddrB()}); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 2)
+		for _, n := range []*crossNode{a, b} {
+			pc, err := n.ns.ListenUDP(netip.AddrPortFrom(n.key.Public().Addr(), 9))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			go func() {
+				buf := make([]byte, 64)
+				pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				k, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				got <- string(buf[:k])
+			}()
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, pair := range [][2]*crossNode{{a, b}, {b, a}} {
+			wg.Go(func() {
+				c, err := pair[0].ns.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(pair[1].key.Public().Addr(), 9))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer c.Close()
+				c.Write([]byte("hello"))
+			})
+		}
+		wg.Wait()
+		for range 2 {
+			if msg := <-got; msg != "hello" {
+				t.Fatalf("round %d: %s", round, msg)
+			}
+		}
+		took := time.Since(start)
+		sa, sb := a.bind.HandshakeStats(), b.bind.HandshakeStats()
+		t.Logf("round %d: both ways in %v; crossing stats %+v, %+v", round, took.Round(time.Millisecond), sa, sb)
+		if took >= 5*time.Second {
+			t.Errorf("round %d: first packets took %v: the handshakes crossed and waited for the retry", round, took)
+		}
+		if sa.CrossHeld+sb.CrossHeld != 1 || sa.CrossAnswered+sb.CrossAnswered != 1 {
+			t.Errorf("round %d: crossing stats %+v, %+v; want one initiation held and answered", round, sa, sb)
+		}
+	}
+}
+
+// The last initiation delivered from an endpoint is handed to WireGuard
+// again, once, when a peer is added there within rekeyTimeout.
+func TestRedeliver(t *testing.T) {
+	p := endpoint("127.0.0.1:1000")
+	h := newHandshakes()
+	done := make(chan struct{})
+	defer close(done)
+	recv := h.receiveFunc(done)
+	t0 := time.Now()
+
+	h.received(initMsg(7), p, t0)
+	h.received(initMsg(8), p, t0) // the newer one is kept
+	h.redeliver(netip.MustParseAddrPort("[::ffff:127.0.0.1]:1000"), t0.Add(time.Second))
+	bufs, sizes, eps := [][]byte{make([]byte, 1500)}, []int{0}, []conn.Endpoint{nil}
+	if n, err := recv(bufs, sizes, eps); n != 1 || err != nil || string(bufs[0][:sizes[0]]) != string(initMsg(8)) || eps[0] != p {
+		t.Fatalf("redelivered %d (%d bytes from %v), %v; want the newer initiation", n, sizes[0], eps[0], err)
+	}
+	h.redeliver(p.(*conn.StdNetEndpoint).AddrPort, t0.Add(time.Second))
+	h.received(initMsg(9), endpoint("127.0.0.1:2000"), t0)
+	h.redeliver(netip.MustParseAddrPort("127.0.0.1:2000"), t0.Add(rekeyTimeout))
+	if len(h.ready) != 0 || h.stats().Redelivered != 1 {
+		t.Fatalf("%d more redelivered (%+v); want none twice, none after rekeyTimeout", len(h.ready), h.stats())
+	}
+}
+
+// An initiation that reaches a device before it has the sender as a peer
+// is dropped by wireguard-go; when the peer is added it is redelivered, and
+// the handshake completes without the sender's 5 s retry.
+func TestInitiationBeforePeerRedelivered(t *testing.T) {
+	a, b := newCrossNode(t), newCrossNode(t)
+	loop := netip.MustParseAddr("127.0.0.1")
+	if err := a.dev.SetPeer(PeerConfig{PublicKey: b.key.Public(), Endpoint: netip.AddrPortFrom(loop, b.port)}); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := b.ns.ListenUDP(netip.AddrPortFrom(b.key.Public().Addr(), 9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	start := time.Now()
+	c, err := a.ns.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(b.key.Public().Addr(), 9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	// Wait until b's bind has seen a's initiation, which b's WireGuard,
+	// without a peer for a, drops.
+	for {
+		b.bind.hs.mu.Lock()
+		n := len(b.bind.hs.last)
+		b.bind.hs.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Fatal("a's initiation never reached b")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := b.dev.SetPeer(PeerConfig{PublicKey: a.key.Public(), Endpoint: netip.AddrPortFrom(loop, a.port)}); err != nil {
+		t.Fatal(err)
+	}
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	k, _, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:k]) != "hello" {
+		t.Fatalf("read %q, %v", buf[:k], err)
+	}
+	took := time.Since(start)
+	t.Logf("first packet in %v; b's handshake stats %+v", took.Round(time.Millisecond), b.bind.HandshakeStats())
+	if took >= rekeyTimeout {
+		t.Errorf("first packet took %v: a waited for its retry", took)
+	}
+	if st := b.bind.HandshakeStats(); st.Redelivered != 1 {
+		t.Errorf("b's stats %+v, want one initiation redelivered", st)
+	}
+}

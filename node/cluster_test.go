@@ -72,11 +72,17 @@ func fastGossip(c *memberlist.Config) {
 	c.PushPullInterval = 5 * time.Second
 }
 
-func testLogger(t testing.TB) *slog.Logger {
+// testLogger logs to stderr at debug level when AGENT6_TEST_LOG is set,
+// each line with the test's name and the node's (if given).
+func testLogger(t testing.TB, node ...string) *slog.Logger {
 	if os.Getenv("AGENT6_TEST_LOG") == "" {
 		return nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("t", t.Name())
+	l := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("t", t.Name())
+	if len(node) > 0 {
+		l = l.With("node", node[0])
+	}
+	return l
 }
 
 // member starts an embedded node with a credential from o.
@@ -87,7 +93,7 @@ func (o *org) member(t testing.TB, name string, bundle *identity.Bundle, join ..
 		Key: k, Credential: der, Bundle: bundle, Join: join,
 		Endpoints:  []netip.AddrPort{netip.AddrPortFrom(loopback, 0)},
 		TuneGossip: fastGossip,
-		Logger:     testLogger(t),
+		Logger:     testLogger(t, name),
 
 		ReconnectInterval: 2 * time.Second,
 	}
@@ -265,14 +271,57 @@ func TestCluster30(t *testing.T) {
 	for i, n := range nodes {
 		for _, j := range []int{(i + 1) % len(nodes), (i + len(nodes)/2) % len(nodes)} {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			t0 := time.Now()
 			err := exchange(ctx, n, nodes[j])
 			cancel()
 			if err != nil {
-				t.Fatalf("%d -> %d: %v", i, j, err)
+				t.Fatalf("%d -> %d: %v\n%s", i, j, err, pairState(n, nodes[j]))
+			}
+			if d := time.Since(t0); d > time.Second {
+				t.Logf("%d -> %d (%s -> %s) took %v, until %s", i, j, n.Addr(), nodes[j].Addr(), d.Round(time.Millisecond), time.Now().Format("15:04:05.000"))
 			}
 		}
 	}
 	t.Logf("60 exchanges in %v", time.Since(start).Round(time.Millisecond))
+	var hs node.HandshakeStatus
+	for _, n := range nodes {
+		st, err := n.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := st.Handshakes
+		hs.CrossHeld, hs.CrossAnswered, hs.CrossReleased = hs.CrossHeld+h.CrossHeld, hs.CrossAnswered+h.CrossAnswered, hs.CrossReleased+h.CrossReleased
+		hs.Redelivered += h.Redelivered
+	}
+	t.Logf("handshakes: %+v", hs)
+}
+
+// pairState describes what a and b know of each other, for a failed
+// exchange: admission, the WireGuard peer (endpoint, last handshake,
+// bytes) and the filter's drops on each side.
+func pairState(a, b *node.Node) string {
+	var out string
+	for _, side := range [][2]*node.Node{{a, b}, {b, a}} {
+		self, other := side[0], side[1]
+		st, err := self.Status()
+		if err != nil {
+			out += fmt.Sprintf("%s: %v\n", self.Addr(), err)
+			continue
+		}
+		peer := "no WireGuard peer"
+		for _, p := range st.Peers {
+			if p.Addr == other.Addr() {
+				hs := "never"
+				if p.LastHandshake != nil {
+					hs = time.Since(*p.LastHandshake).Round(time.Millisecond).String() + " ago"
+				}
+				peer = fmt.Sprintf("endpoint %v, handshake %s, rx %d tx %d", p.Endpoint, hs, p.RxBytes, p.TxBytes)
+			}
+		}
+		out += fmt.Sprintf("%s sees %s: admitted %v, %s; drops %v; netstack %+v; refused %v\n",
+			self.Addr(), other.Addr(), admitted(self)[other.Addr()], peer, st.Filter.Drops, st.Netstack, st.Membership.Refused)
+	}
+	return out
 }
 
 // sendHello sends a raw control frame to n's UDP port from a loopback
@@ -365,7 +414,7 @@ func TestAdmissionRefusals(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := exchange(ctx, peer, seed); err != nil {
-		t.Fatalf("seed stopped serving after bad input: %v", err)
+		t.Fatalf("seed stopped serving after bad input: %v\n%s", err, pairState(peer, seed))
 	}
 }
 
@@ -481,6 +530,6 @@ func TestLeaveAndRejoin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := exchange(ctx, a, b); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\n%s", err, pairState(a, b))
 	}
 }

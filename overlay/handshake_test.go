@@ -326,3 +326,60 @@ func TestInitiationBeforePeerRedelivered(t *testing.T) {
 		t.Errorf("b's stats %+v, want one initiation redelivered", st)
 	}
 }
+
+// A redelivered initiation meets the crossing check when it is handed to
+// WireGuard: if this node has initiated to that endpoint since it arrived,
+// with the larger index, it is held like any crossing one.
+func TestRedeliveredCrossing(t *testing.T) {
+	p := endpoint("127.0.0.1:1000")
+	h := newHandshakes()
+	done := make(chan struct{})
+	now := time.Now()
+	h.received(initMsg(7), p, now)    // before the peer was added: dropped by WireGuard
+	h.initiated(initMsg(100), p, now) // the peer added, this node initiates
+	h.redeliver(p.(*conn.StdNetEndpoint).AddrPort, now)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := h.receiveFunc(done)([][]byte{make([]byte, 1500)}, []int{0}, []conn.Endpoint{nil})
+		errc <- err
+	}()
+	for h.stats().CrossHeld == 0 {
+		select {
+		case err := <-errc:
+			t.Fatalf("handed over (%v) instead of held", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	h.received(respMsg(1, 100), p, time.Now())
+	close(done)
+	if err := <-errc; err != net.ErrClosed {
+		t.Fatalf("receive: %v, want net.ErrClosed", err)
+	}
+	if st := h.stats(); st != (HandshakeStats{CrossHeld: 1, CrossAnswered: 1}) {
+		t.Fatalf("stats %+v, want one held and answered, none redelivered", st)
+	}
+}
+
+// Whatever arrives on the socket, the handshake tables neither panic nor
+// hold anything but a well-formed initiation that crosses one of ours.
+func FuzzHandshakes(f *testing.F) {
+	f.Add(initMsg(5), uint32(100))
+	f.Add(respMsg(1, 100), uint32(100))
+	f.Add([]byte{wgInitiation, 0, 0, 0}, uint32(0))
+	f.Add(make([]byte, wgResponseSize), uint32(7))
+	f.Fuzz(func(t *testing.T, b []byte, ours uint32) {
+		h := newHandshakes()
+		p := endpoint("127.0.0.1:1000")
+		now := time.Now()
+		h.initiated(initMsg(ours), p, now)
+		held := h.received(b, p, now)
+		want := handshakeType(b) == wgInitiation && binary.LittleEndian.Uint32(b[4:]) < ours
+		if held != want {
+			t.Fatalf("held = %v for % x against our index %d", held, b, ours)
+		}
+		h.redeliver(netip.MustParseAddrPort("127.0.0.1:1000"), now)
+		if len(h.held) > 1 || len(h.sent) > 1 || len(h.last) > 1 {
+			t.Fatalf("tables grew: %d held, %d sent, %d last", len(h.held), len(h.sent), len(h.last))
+		}
+	})
+}

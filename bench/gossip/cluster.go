@@ -49,6 +49,9 @@ type cluster interface {
 	// filterDrops sums the packets every instance's filter dropped, by
 	// reason; nil for bare memberlist.
 	filterDrops() map[string]uint64
+	// handshakes sums what every instance's bind did for first WireGuard
+	// handshakes; nil for bare memberlist.
+	handshakes() *node.HandshakeStatus
 	// pushPull makes instance i push/pull with instance j, as a join does.
 	pushPull(ctx context.Context, i, j int) error
 	// crash silences instance i's gossip, then stops it: its leave, if it
@@ -285,6 +288,18 @@ func (c *agent6) filterDrops() map[string]uint64 {
 	return sum
 }
 
+func (c *agent6) handshakes() *node.HandshakeStatus {
+	var sum node.HandshakeStatus
+	c.eachStatus(func(st node.Status) {
+		h := st.Handshakes
+		sum.CrossHeld += h.CrossHeld
+		sum.CrossAnswered += h.CrossAnswered
+		sum.CrossReleased += h.CrossReleased
+		sum.Redelivered += h.Redelivered
+	})
+	return &sum
+}
+
 // pushPull joins node i through node j's token: a HELLO (answered at once,
 // as they are peers already) and a memberlist push/pull.
 func (c *agent6) pushPull(ctx context.Context, i, j int) error {
@@ -496,6 +511,8 @@ func (c *bare) transport(i int) *transport { return c.trs[i] }
 func (c *bare) stats() membership.Stats { return membership.Stats{} }
 
 func (c *bare) filterDrops() map[string]uint64 { return nil }
+
+func (c *bare) handshakes() *node.HandshakeStatus { return nil }
 
 func (c *bare) pushPull(_ context.Context, i, j int) error {
 	_, err := c.mls[i].Join([]string{c.mls[j].LocalNode().Address()})

@@ -12,19 +12,17 @@
 package gossip
 
 import (
-	"github.com/agent6/agent6/bench/internal/report"
-	"maps"
-	"slices"
-
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +30,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/agent6/agent6/bench/internal/report"
+	"github.com/agent6/agent6/node"
 	"github.com/agent6/agent6/node/membership"
 )
 
@@ -176,6 +176,9 @@ type Result struct {
 	// FilterDrops sums the packets agent6's filters dropped, by reason,
 	// over the nodes at the end.
 	FilterDrops map[string]uint64 `json:"filter_drops,omitempty"`
+	// Handshakes sums agent6's first-handshake counters over the nodes at
+	// the end: crossed initiations held, and initiations redelivered.
+	Handshakes *node.HandshakeStatus `json:"handshakes,omitempty"`
 
 	// Leaked is set when closing the cluster did not finish: its
 	// goroutines and memory are still held.
@@ -243,7 +246,7 @@ func Run(ctx context.Context, o Options) *Result {
 		}
 		r.Failure = what + err.Error()
 		if c != nil {
-			r.Stats, r.FilterDrops = statsOf(c), c.filterDrops()
+			r.Stats, r.FilterDrops, r.Handshakes = statsOf(c), c.filterDrops(), c.handshakes()
 		}
 		return r
 	}
@@ -353,7 +356,7 @@ func Run(ctx context.Context, o Options) *Result {
 			return failed("removal: ", ctx.Err())
 		}
 	}
-	r.Stats, r.FilterDrops = statsOf(c), c.filterDrops()
+	r.Stats, r.FilterDrops, r.Handshakes = statsOf(c), c.filterDrops(), c.handshakes()
 	return r
 }
 

@@ -357,8 +357,10 @@ func removalCell(v float64, r *gossip.Removal) string {
 func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, int) *gossip.Result) {
 	fmt.Fprintf(w, "\n## agent6 membership counters\n\nSummed over the nodes when the size ended: admissions, HELLO/ACK control frames "+
 		"(during the whole run, and in the rest window), removals, catch-ups (push/pulls with an admitted peer whose alive message gossip lost, or with one declared dead a second before), "+
-		"refusals by reason, and the packets the nodes' filters dropped, by reason.\n\n")
-	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals | Filter drops |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+		"refusals by reason, the packets the nodes' filters dropped, by reason, and first WireGuard handshakes "+
+		"kept from waiting for the 5 s retry: crossed initiations held (of which answered, released) and initiations redelivered "+
+		"(docs/design.md §2).\n\n")
+	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals | Filter drops | Crossed handshakes held (answered, released) | Initiations redelivered |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, n := range sizes {
 		r := find(gossip.Agent6, n)
 		if r == nil || r.Stats == nil {
@@ -368,7 +370,13 @@ func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, i
 		for k, v := range r.Stats.Refused {
 			refused[string(k)] = v
 		}
-		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, byReason(refused), byReason(r.FilterDrops))
+		hs := "—"
+		redelivered := "—"
+		if h := r.Handshakes; h != nil {
+			hs = fmt.Sprintf("%d (%d, %d)", h.CrossHeld, h.CrossAnswered, h.CrossReleased)
+			redelivered = fmt.Sprint(h.Redelivered)
+		}
+		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s | %s | %s | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, byReason(refused), byReason(r.FilterDrops), hs, redelivered)
 	}
 }
 

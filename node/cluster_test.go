@@ -291,6 +291,8 @@ func TestCluster30(t *testing.T) {
 		}
 		h := st.Handshakes
 		hs.CrossHeld, hs.CrossAnswered, hs.CrossReleased = hs.CrossHeld+h.CrossHeld, hs.CrossAnswered+h.CrossAnswered, hs.CrossReleased+h.CrossReleased
+		hs.CrossSuperseded += h.CrossSuperseded
+		hs.CrossSentLate += h.CrossSentLate
 		hs.Redelivered += h.Redelivered
 	}
 	t.Logf("handshakes: %+v", hs)

@@ -65,16 +65,20 @@ type FilterStatus struct {
 }
 
 // HandshakeStatus counts (see overlay.HandshakeStats) the handshakes
-// this node and a peer started at once, where the peer's initiation was
-// held while this node's awaited its response, then dropped when the
-// response came (CrossAnswered) or delivered when it did not come in time
-// (CrossReleased); and the initiations that arrived before their peer was
-// admitted, handed to WireGuard again once it was (Redelivered).
+// this node and a peer started at once: the peer's initiation held while
+// this node's awaited its response, then dropped when the response came
+// (CrossAnswered) or delivered when it did not come in time
+// (CrossReleased); or this node's held while WireGuard had the peer's to
+// answer, then dropped when it answered (CrossSuperseded) or sent when it
+// did not (CrossSentLate). And the initiations that arrived before their
+// peer was admitted, handed to WireGuard again once it was (Redelivered).
 type HandshakeStatus struct {
-	CrossHeld     uint64 `json:"crossed_held"`
-	CrossAnswered uint64 `json:"crossed_answered"`
-	CrossReleased uint64 `json:"crossed_released"`
-	Redelivered   uint64 `json:"redelivered"`
+	CrossHeld       uint64 `json:"crossed_held"`
+	CrossAnswered   uint64 `json:"crossed_answered"`
+	CrossReleased   uint64 `json:"crossed_released"`
+	CrossSuperseded uint64 `json:"crossed_superseded"`
+	CrossSentLate   uint64 `json:"crossed_sent_late"`
+	Redelivered     uint64 `json:"redelivered"`
 }
 
 // NetstackStatus are the embedded stack's counters of traffic it could

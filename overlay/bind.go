@@ -36,7 +36,11 @@ type Bind struct {
 var _ conn.Bind = (*Bind)(nil)
 
 // NewBind wraps wireguard-go's default bind.
-func NewBind() *Bind { return &Bind{Bind: conn.NewDefaultBind(), hs: newHandshakes()} }
+func NewBind() *Bind {
+	b := &Bind{Bind: conn.NewDefaultBind()}
+	b.hs = newHandshakes(func(pkt []byte, ep conn.Endpoint) error { return b.Bind.Send([][]byte{pkt}, ep) })
+	return b
+}
 
 // HandshakeStats reports what the Bind did for first handshakes.
 func (b *Bind) HandshakeStats() HandshakeStats { return b.hs.stats() }
@@ -81,12 +85,23 @@ func (b *Bind) Close() error {
 	return b.Bind.Close()
 }
 
-// Send implements conn.Bind, noting this node's handshake initiations.
+// Send implements conn.Bind, noting this node's handshake messages and
+// holding back an initiation that the peer's, about to be answered, may
+// supersede (see handshake.go).
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	for _, buf := range bufs {
-		if handshakeType(buf) == wgInitiation {
-			b.hs.initiated(buf, ep, time.Now())
+	for i := 0; i < len(bufs); i++ {
+		switch handshakeType(bufs[i]) {
+		case wgInitiation:
+			if !b.hs.initiated(bufs[i], ep, time.Now()) {
+				bufs = append(bufs[:i:i], bufs[i+1:]...) // a copy: the caller's slice stays whole
+				i--
+			}
+		case wgResponse:
+			b.hs.responded(bufs[i], ep)
 		}
+	}
+	if len(bufs) == 0 {
+		return nil
 	}
 	return b.Bind.Send(bufs, ep)
 }

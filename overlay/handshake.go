@@ -28,7 +28,17 @@ import (
 // when that response arrives the held initiation is dropped, one handshake
 // done. If none comes within crossHold of our initiation (it was lost, or
 // reached the peer before the peer knew us), the held one is delivered, as
-// it would have been at once.
+// it would have been at once. The Bind decides when a message comes off
+// the socket, but wireguard-go consumes it later, from its handshake
+// queue: a peer's initiation can arrive before this node initiates and be
+// consumed after, which discards ours all the same. So an initiation of
+// ours to an endpoint whose initiation wireguard-go has been handed and
+// not yet answered is held too, and dropped when wireguard-go answers
+// (superseded: the answer gives both sides the session). It is sent after
+// crossHold if no answer goes out: wireguard-go also fails to answer when
+// it creates our initiation between consuming the peer's and responding
+// ("handshake initiation must be consumed first"), and then ours is what
+// completes a handshake.
 //
 // Initiations before admission. Admission is a HELLO and its ACK: the
 // side that gets the HELLO admits first and may initiate at once, and
@@ -48,9 +58,11 @@ const (
 )
 
 // crossHold is how long after this node's initiation a crossing one is
-// held for its answer: well above a handshake's round trip under load,
-// well below the retry that a crossing costs otherwise.
-const crossHold = time.Second
+// held for its answer, and how long ours is held for wireguard-go's answer
+// to the peer's: above a handshake's round trip on loaded cores (in a
+// 30-node test under -race one took 0.6 s from consuming an initiation to
+// responding), well below the retry that a crossing costs otherwise.
+const crossHold = 2 * time.Second
 
 // rekeyTimeout is wireguard-go's retry interval: an initiation older than
 // this has been superseded by its sender's next one.
@@ -62,10 +74,12 @@ const maxTracked = 4096
 
 // HandshakeStats counts what the Bind did for first handshakes.
 type HandshakeStats struct {
-	CrossHeld     uint64 // a peer's initiation held while ours awaited its response
-	CrossAnswered uint64 // ours was answered first: the held one was dropped
-	CrossReleased uint64 // ours went unanswered: the held one was delivered
-	Redelivered   uint64 // an initiation that came before its peer was added, handed to WireGuard again
+	CrossHeld       uint64 // a peer's initiation held while ours awaited its response
+	CrossAnswered   uint64 // ours was answered first: the held one was dropped
+	CrossReleased   uint64 // ours went unanswered: the held one was delivered
+	CrossSuperseded uint64 // ours held, then dropped: WireGuard answered the peer's
+	CrossSentLate   uint64 // ours held, then sent: WireGuard did not answer the peer's
+	Redelivered     uint64 // an initiation that came before its peer was added, handed to WireGuard again
 }
 
 // handshakeType returns the WireGuard handshake message type of b (an
@@ -117,30 +131,40 @@ const (
 // handshakes is the Bind's record of handshakes in flight. Safe for
 // concurrent use.
 type handshakes struct {
-	mu    sync.Mutex
-	sent  map[netip.AddrPort]sentInit    // our initiation awaiting its response
-	held  map[netip.AddrPort]*initiation // the peer's crossing one, held meanwhile
-	last  map[netip.AddrPort]initiation  // the last one delivered, for redeliver
-	ready chan initiation                // for the receive function
+	mu     sync.Mutex
+	sent   map[netip.AddrPort]sentInit    // our initiation awaiting its response
+	held   map[netip.AddrPort]*initiation // the peer's crossing one, held meanwhile
+	queued map[netip.AddrPort]sentInit    // the peer's, handed to WireGuard, not yet answered
+	own    map[netip.AddrPort]*initiation // ours, held meanwhile
+	last   map[netip.AddrPort]initiation  // the last one delivered, for redeliver
+	ready  chan initiation                // for the receive function
+	send   func(pkt []byte, ep conn.Endpoint) error
 
-	crossHeld, crossAnswered, crossReleased, redelivered atomic.Uint64
+	crossHeld, crossAnswered, crossReleased, crossSuperseded, crossSentLate, redelivered atomic.Uint64
 }
 
-func newHandshakes() *handshakes {
+// newHandshakes returns empty tables; send sends an initiation of ours
+// that was held.
+func newHandshakes(send func(pkt []byte, ep conn.Endpoint) error) *handshakes {
 	return &handshakes{
-		sent:  make(map[netip.AddrPort]sentInit),
-		held:  make(map[netip.AddrPort]*initiation),
-		last:  make(map[netip.AddrPort]initiation),
-		ready: make(chan initiation, 2*maxTracked),
+		send:   send,
+		sent:   make(map[netip.AddrPort]sentInit),
+		held:   make(map[netip.AddrPort]*initiation),
+		queued: make(map[netip.AddrPort]sentInit),
+		own:    make(map[netip.AddrPort]*initiation),
+		last:   make(map[netip.AddrPort]initiation),
+		ready:  make(chan initiation, 2*maxTracked),
 	}
 }
 
 func (h *handshakes) stats() HandshakeStats {
 	return HandshakeStats{
-		CrossHeld:     h.crossHeld.Load(),
-		CrossAnswered: h.crossAnswered.Load(),
-		CrossReleased: h.crossReleased.Load(),
-		Redelivered:   h.redelivered.Load(),
+		CrossHeld:       h.crossHeld.Load(),
+		CrossAnswered:   h.crossAnswered.Load(),
+		CrossReleased:   h.crossReleased.Load(),
+		CrossSuperseded: h.crossSuperseded.Load(),
+		CrossSentLate:   h.crossSentLate.Load(),
+		Redelivered:     h.redelivered.Load(),
 	}
 }
 
@@ -158,18 +182,85 @@ func room[V any](m map[netip.AddrPort]V, age func(V) time.Time, maxAge time.Dura
 	return len(m) < maxTracked
 }
 
-// initiated records this node's initiation b to ep.
-func (h *handshakes) initiated(b []byte, ep conn.Endpoint, now time.Time) {
+// initiated records this node's initiation b to ep, and reports whether
+// to send it now: not while wireguard-go holds the peer's initiation from
+// ep unanswered, which it would consume after ours, discarding it.
+func (h *handshakes) initiated(b []byte, ep conn.Endpoint, now time.Time) (send bool) {
+	ap, ok := endpointAddr(ep)
+	if !ok {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if q, ok := h.queued[ap]; ok && now.Sub(q.at) < crossHold {
+		if own := h.own[ap]; own != nil { // wireguard-go's newer one replaces it
+			own.pkt = append(own.pkt[:0], b...)
+			own.ep = ep
+			return false
+		}
+		if len(h.own) < maxTracked {
+			own := &initiation{pkt: append([]byte(nil), b...), ep: ep, at: now}
+			h.own[ap] = own
+			time.AfterFunc(max(now.Add(crossHold).Sub(time.Now()), 0), func() { h.sendOwn(ap, own) })
+			return false
+		}
+	}
+	h.record(ap, b, now)
+	return true
+}
+
+// record notes our initiation b to ap as awaiting its response. Called
+// with h.mu held.
+func (h *handshakes) record(ap netip.AddrPort, b []byte, now time.Time) {
+	if _, ok := h.sent[ap]; ok || room(h.sent, func(s sentInit) time.Time { return s.at }, crossHold, now) {
+		h.sent[ap] = sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now}
+	}
+}
+
+// sendOwn sends our held initiation unless wireguard-go answered the
+// peer's first.
+func (h *handshakes) sendOwn(ap netip.AddrPort, own *initiation) {
+	h.mu.Lock()
+	if h.own[ap] != own {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.own, ap)
+	h.record(ap, own.pkt, time.Now())
+	h.mu.Unlock()
+	h.crossSentLate.Add(1)
+	if h.send != nil {
+		_ = h.send(own.pkt, own.ep) // an error: the bind is closed
+	}
+}
+
+// responded records this node's response b to ep: wireguard-go has
+// consumed the initiation it answers.
+func (h *handshakes) responded(b []byte, ep conn.Endpoint) {
 	ap, ok := endpointAddr(ep)
 	if !ok {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.sent[ap]; !ok && !room(h.sent, func(s sentInit) time.Time { return s.at }, crossHold, now) {
-		return
+	if q, ok := h.queued[ap]; ok && q.index == binary.LittleEndian.Uint32(b[8:]) {
+		delete(h.queued, ap)
+		if h.own[ap] != nil {
+			delete(h.own, ap)
+			h.crossSuperseded.Add(1)
+		}
 	}
-	h.sent[ap] = sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now}
+}
+
+// handed records that wireguard-go was handed the peer's initiation b from
+// ap: consuming it discards ours, whose response it will refuse, and
+// until it answers, an initiation of ours would be discarded too. Called
+// with h.mu held.
+func (h *handshakes) handed(ap netip.AddrPort, b []byte, now time.Time) {
+	delete(h.sent, ap)
+	if _, ok := h.queued[ap]; ok || room(h.queued, func(q sentInit) time.Time { return q.at }, crossHold, now) {
+		h.queued[ap] = sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now}
+	}
 }
 
 // received looks at a handshake message b from ep before WireGuard does,
@@ -198,9 +289,7 @@ func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold b
 	if h.hold(ap, b, ep, now) {
 		return true
 	}
-	// Delivered: consuming it discards our initiation, whose response
-	// wireguard-go will refuse.
-	delete(h.sent, ap)
+	h.handed(ap, b, now)
 	h.keep(ap, b, ep, now)
 	return false
 }
@@ -247,7 +336,6 @@ func (h *handshakes) release(ap netip.AddrPort, held *initiation) {
 		return
 	}
 	delete(h.held, ap)
-	delete(h.sent, ap) // consuming the held one discards ours
 	out := initiation{pkt: held.pkt, ep: held.ep, at: held.at, why: released}
 	h.keep(ap, out.pkt, out.ep, time.Now())
 	h.mu.Unlock()
@@ -291,21 +379,23 @@ func (h *handshakes) receiveFunc(done <-chan struct{}) conn.ReceiveFunc {
 			case <-done:
 				return 0, net.ErrClosed
 			}
-			if i.why == released {
-				h.crossReleased.Add(1)
-			}
-			if i.why == redelivered {
-				if ap, ok := endpointAddr(i.ep); ok {
-					h.mu.Lock()
-					held := h.hold(ap, i.pkt, i.ep, time.Now())
-					if !held {
-						delete(h.sent, ap)
-					}
-					h.mu.Unlock()
-					if held {
-						continue
-					}
+			if ap, ok := endpointAddr(i.ep); ok {
+				now := time.Now()
+				h.mu.Lock()
+				// A redelivered one meets the crossing check now.
+				held := i.why == redelivered && h.hold(ap, i.pkt, i.ep, now)
+				if !held {
+					h.handed(ap, i.pkt, now)
 				}
+				h.mu.Unlock()
+				if held {
+					continue
+				}
+			}
+			switch i.why {
+			case released:
+				h.crossReleased.Add(1)
+			case redelivered:
 				h.redelivered.Add(1)
 			}
 			sizes[0] = copy(bufs[0], i.pkt)

@@ -39,11 +39,13 @@ func endpoint(s string) conn.Endpoint {
 func TestCrossingTieBreak(t *testing.T) {
 	p, q := endpoint("127.0.0.1:1000"), endpoint("127.0.0.1:2000")
 	now := time.Now()
+	answer := func(c *handshakes, ep conn.Endpoint, index uint32) { c.responded(respMsg(1, index), ep) }
 
-	c := newHandshakes()
+	c := newHandshakes(nil)
 	if c.received(initMsg(5), p, now) {
 		t.Fatal("held an initiation with none of ours in flight")
 	}
+	answer(c, p, 5)
 	c.initiated(initMsg(100), p, now)
 	if c.received(initMsg(200), p, now) {
 		t.Fatal("held an initiation with a larger index than ours")
@@ -51,6 +53,7 @@ func TestCrossingTieBreak(t *testing.T) {
 	if c.received(initMsg(5), p, now) {
 		t.Fatal("held an initiation after delivering one: ours was discarded")
 	}
+	answer(c, p, 5)
 
 	c.initiated(initMsg(100), p, now)
 	c.initiated(initMsg(100), q, now.Add(-2*crossHold))
@@ -85,11 +88,67 @@ func TestCrossingTieBreak(t *testing.T) {
 	}
 }
 
+// While WireGuard holds a peer's initiation unanswered, an initiation of
+// ours to that endpoint, which consuming the peer's would discard, is held:
+// dropped when WireGuard answers, sent after crossHold if it does not.
+func TestCrossingSuperseded(t *testing.T) {
+	p, q := endpoint("127.0.0.1:1000"), endpoint("127.0.0.1:2000")
+	sent := make(chan []byte, 2)
+	c := newHandshakes(func(pkt []byte, ep conn.Endpoint) error {
+		if ep != q {
+			t.Errorf("sent to %v, want %v", ep, q)
+		}
+		sent <- pkt
+		return nil
+	})
+	now := time.Now()
+	c.received(initMsg(7), p, now)
+	if c.initiated(initMsg(100), p, now.Add(10*time.Millisecond)) ||
+		c.initiated(initMsg(101), p, now.Add(20*time.Millisecond)) {
+		t.Fatal("sent an initiation while WireGuard had the peer's to answer")
+	}
+	if len(c.sent) != 0 {
+		t.Fatal("recorded an initiation not sent")
+	}
+	c.responded(respMsg(3, 99), p) // not the answer to the peer's
+	if c.stats().CrossSuperseded != 0 {
+		t.Fatal("an answer to another initiation superseded ours")
+	}
+	c.responded(respMsg(3, 7), p)
+	if !c.initiated(initMsg(102), p, now.Add(30*time.Millisecond)) {
+		t.Fatal("did not send an initiation once WireGuard had answered the peer's")
+	}
+
+	// No answer: ours goes out crossHold after it was made.
+	then := time.Now().Add(-crossHold + 20*time.Millisecond)
+	c.received(initMsg(8), q, then)
+	if c.initiated(initMsg(103), q, then) {
+		t.Fatal("sent an initiation while WireGuard had the peer's to answer")
+	}
+	select {
+	case pkt := <-sent:
+		if string(pkt) != string(initMsg(103)) {
+			t.Fatalf("sent % x, want our held initiation", pkt)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("our held initiation was never sent")
+	}
+	c.mu.Lock()
+	s := c.sent[q.(*conn.StdNetEndpoint).AddrPort]
+	c.mu.Unlock()
+	if s.index != 103 {
+		t.Fatalf("in flight to q: %+v, want our initiation 103", s)
+	}
+	if st := c.stats(); st != (HandshakeStats{CrossSuperseded: 1, CrossSentLate: 1}) {
+		t.Fatalf("stats %+v, want one superseded, one sent late", st)
+	}
+}
+
 // An initiation held for an answer that does not come is delivered through
 // the bind's extra receive function once ours has had crossHold.
 func TestCrossingRelease(t *testing.T) {
 	p := endpoint("127.0.0.1:1000")
-	c := newHandshakes()
+	c := newHandshakes(nil)
 	done := make(chan struct{})
 	recv := c.receiveFunc(done)
 
@@ -252,7 +311,7 @@ func TestCrossedHandshakesComplete(t *testing.T) {
 // again, once, when a peer is added there within rekeyTimeout.
 func TestRedeliver(t *testing.T) {
 	p := endpoint("127.0.0.1:1000")
-	h := newHandshakes()
+	h := newHandshakes(nil)
 	done := make(chan struct{})
 	defer close(done)
 	recv := h.receiveFunc(done)
@@ -332,11 +391,14 @@ func TestInitiationBeforePeerRedelivered(t *testing.T) {
 // with the larger index, it is held like any crossing one.
 func TestRedeliveredCrossing(t *testing.T) {
 	p := endpoint("127.0.0.1:1000")
-	h := newHandshakes()
+	h := newHandshakes(nil)
 	done := make(chan struct{})
 	now := time.Now()
-	h.received(initMsg(7), p, now)    // before the peer was added: dropped by WireGuard
-	h.initiated(initMsg(100), p, now) // the peer added, this node initiates
+	// Before the peer was added, 2 s ago: dropped by WireGuard, unanswered.
+	h.received(initMsg(7), p, now.Add(-2*crossHold))
+	if !h.initiated(initMsg(100), p, now) { // the peer added, this node initiates
+		t.Fatal("initiation not sent")
+	}
 	h.redeliver(p.(*conn.StdNetEndpoint).AddrPort, now)
 	errc := make(chan error, 1)
 	go func() {
@@ -368,7 +430,7 @@ func FuzzHandshakes(f *testing.F) {
 	f.Add([]byte{wgInitiation, 0, 0, 0}, uint32(0))
 	f.Add(make([]byte, wgResponseSize), uint32(7))
 	f.Fuzz(func(t *testing.T, b []byte, ours uint32) {
-		h := newHandshakes()
+		h := newHandshakes(nil)
 		p := endpoint("127.0.0.1:1000")
 		now := time.Now()
 		h.initiated(initMsg(ours), p, now)
@@ -378,8 +440,10 @@ func FuzzHandshakes(f *testing.F) {
 			t.Fatalf("held = %v for % x against our index %d", held, b, ours)
 		}
 		h.redeliver(netip.MustParseAddrPort("127.0.0.1:1000"), now)
-		if len(h.held) > 1 || len(h.sent) > 1 || len(h.last) > 1 {
-			t.Fatalf("tables grew: %d held, %d sent, %d last", len(h.held), len(h.sent), len(h.last))
+		h.mu.Lock() // a held one's release timer may fire
+		defer h.mu.Unlock()
+		if len(h.held) > 1 || len(h.sent) > 1 || len(h.last) > 1 || len(h.queued) > 1 {
+			t.Fatalf("tables grew: %d held, %d sent, %d last, %d queued", len(h.held), len(h.sent), len(h.last), len(h.queued))
 		}
 	})
 }

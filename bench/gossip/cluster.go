@@ -295,6 +295,8 @@ func (c *agent6) handshakes() *node.HandshakeStatus {
 		sum.CrossHeld += h.CrossHeld
 		sum.CrossAnswered += h.CrossAnswered
 		sum.CrossReleased += h.CrossReleased
+		sum.CrossSuperseded += h.CrossSuperseded
+		sum.CrossSentLate += h.CrossSentLate
 		sum.Redelivered += h.Redelivered
 	})
 	return &sum

@@ -41,7 +41,8 @@ func runStatus(args []string, stdout io.Writer) error {
 	f := st.Filter
 	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
 	if h := st.Handshakes; h != (node.HandshakeStatus{}) {
-		fmt.Fprintf(stdout, "\nhandshakes  %d crossed (%d answered, %d released), %d redelivered", h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.Redelivered)
+		fmt.Fprintf(stdout, "\nhandshakes  crossed: %d held (%d answered, %d released), ours %d superseded, %d sent late; %d redelivered",
+			h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.CrossSuperseded, h.CrossSentLate, h.Redelivered)
 	}
 	if ns := st.Netstack; ns != nil {
 		fmt.Fprintf(stdout, "\nnetstack    UDP receive buffer drops %d, to no socket %d; TCP retransmits %d", ns.UDPReceiveBufferDrops, ns.UDPUnknownPort, ns.TCPRetransmits)

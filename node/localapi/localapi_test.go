@@ -248,6 +248,8 @@ func TestWhoIs(t *testing.T) {
 		"agent6_peers 0\n",
 		`agent6_wireguard_handshake_crossings_total{outcome="answered"} 0` + "\n",
 		`agent6_wireguard_handshake_crossings_total{outcome="released"} 0` + "\n",
+		`agent6_wireguard_handshake_crossings_total{outcome="superseded"} 0` + "\n",
+		`agent6_wireguard_handshake_crossings_total{outcome="sent_late"} 0` + "\n",
 		"agent6_wireguard_handshake_redelivered_total 0\n",
 		"agent6_netstack_udp_receive_buffer_drops_total ",
 		"agent6_netstack_udp_unknown_port_total ",

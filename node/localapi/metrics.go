@@ -28,7 +28,7 @@ var (
 	descFlows = prometheus.NewDesc("agent6_filter_flows",
 		"Flows in the filter's flow table.", nil, nil)
 	descCrossings = prometheus.NewDesc("agent6_wireguard_handshake_crossings_total",
-		"Handshakes this node and a peer started at once, by how the peer's held initiation ended (answered: dropped once ours was answered; released: delivered when ours was not).", []string{"outcome"}, nil)
+		"Handshakes this node and a peer started at once, by outcome (answered: the peer's held until ours was answered, then dropped; released: the peer's held, then delivered when ours was not answered; superseded: ours held while WireGuard had the peer's to answer, then dropped when it answered; sent_late: ours held, then sent when it did not).", []string{"outcome"}, nil)
 	descRedelivered = prometheus.NewDesc("agent6_wireguard_handshake_redelivered_total",
 		"Handshake initiations that arrived before their peer was admitted, handed to WireGuard again once it was.", nil, nil)
 	descNetstackDrops = prometheus.NewDesc("agent6_netstack_udp_receive_buffer_drops_total",
@@ -99,6 +99,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descCrossings, st.Handshakes.CrossAnswered, "answered")
 	counter(descCrossings, st.Handshakes.CrossReleased, "released")
+	counter(descCrossings, st.Handshakes.CrossSuperseded, "superseded")
+	counter(descCrossings, st.Handshakes.CrossSentLate, "sent_late")
 	counter(descRedelivered, st.Handshakes.Redelivered)
 	if ns := st.Netstack; ns != nil {
 		counter(descNetstackDrops, ns.UDPReceiveBufferDrops)

@@ -358,9 +358,9 @@ func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, i
 	fmt.Fprintf(w, "\n## agent6 membership counters\n\nSummed over the nodes when the size ended: admissions, HELLO/ACK control frames "+
 		"(during the whole run, and in the rest window), removals, catch-ups (push/pulls with an admitted peer whose alive message gossip lost, or with one declared dead a second before), "+
 		"refusals by reason, the packets the nodes' filters dropped, by reason, and first WireGuard handshakes "+
-		"kept from waiting for the 5 s retry: crossed initiations held (of which answered, released) and initiations redelivered "+
+		"kept from waiting for the 5 s retry: the peer's crossing initiations held (of which answered, released), ours held (of which superseded, sent late), and initiations redelivered "+
 		"(docs/design.md §2).\n\n")
-	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals | Filter drops | Crossed handshakes held (answered, released) | Initiations redelivered |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	fmt.Fprintf(w, "| Nodes | Admissions | Control frames | In the rest window | Removals | Catch-ups | Refusals | Filter drops | Peer's crossing initiations held (answered, released) | Ours held (superseded, sent late) | Initiations redelivered |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, n := range sizes {
 		r := find(gossip.Agent6, n)
 		if r == nil || r.Stats == nil {
@@ -370,13 +370,13 @@ func (b *bench) countersReport(w *bytes.Buffer, sizes []int, find func(string, i
 		for k, v := range r.Stats.Refused {
 			refused[string(k)] = v
 		}
-		hs := "—"
-		redelivered := "—"
+		hs, superseded, redelivered := "—", "—", "—"
 		if h := r.Handshakes; h != nil {
 			hs = fmt.Sprintf("%d (%d, %d)", h.CrossHeld, h.CrossAnswered, h.CrossReleased)
+			superseded = fmt.Sprintf("%d (%d, %d)", h.CrossSuperseded+h.CrossSentLate, h.CrossSuperseded, h.CrossSentLate)
 			redelivered = fmt.Sprint(h.Redelivered)
 		}
-		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s | %s | %s | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, byReason(refused), byReason(r.FilterDrops), hs, redelivered)
+		fmt.Fprintf(w, "| %d | %d | %d | %d | %d | %d | %s | %s | %s | %s | %s |\n", n, r.Stats.Admitted, r.Stats.Hellos, r.RestHellos, r.Stats.Removed, r.Stats.CatchUps, byReason(refused), byReason(r.FilterDrops), hs, superseded, redelivered)
 	}
 }
 

@@ -117,7 +117,7 @@ type sentInit struct {
 type initiation struct {
 	pkt []byte
 	ep  conn.Endpoint
-	at  time.Time // when it arrived
+	at  time.Time // when it arrived (ours: when it was made)
 	// why is released or redelivered for one queued for the receive
 	// function, which counts it when it hands it over.
 	why int
@@ -193,19 +193,41 @@ func (h *handshakes) initiated(b []byte, ep conn.Endpoint, now time.Time) (send 
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if q, ok := h.queued[ap]; ok && now.Sub(q.at) < crossHold {
-		if own := h.own[ap]; own != nil { // wireguard-go's newer one replaces it
-			own.pkt = append(own.pkt[:0], b...)
-			own.ep = ep
-			return false
-		}
-		if len(h.own) < maxTracked {
-			own := &initiation{pkt: append([]byte(nil), b...), ep: ep, at: now}
-			h.own[ap] = own
-			time.AfterFunc(max(now.Add(crossHold).Sub(time.Now()), 0), func() { h.sendOwn(ap, own) })
+		if parked, _ := park(h.own, ap, b, ep, now, now.Add(crossHold), h.sendOwn); parked {
 			return false
 		}
 	}
 	h.record(ap, b, now)
+	return true
+}
+
+// park keeps a copy of b from ep in m at ap until deadline, when fire is
+// called with it unless take took it out before; a newer one replaces the
+// one parked there, and keeps its deadline. It reports false when m is
+// full, and whether the entry is new. Called with h.mu held.
+func park(m map[netip.AddrPort]*initiation, ap netip.AddrPort, b []byte, ep conn.Endpoint, now, deadline time.Time,
+	fire func(netip.AddrPort, *initiation)) (parked, isNew bool) {
+	if i := m[ap]; i != nil {
+		i.pkt = append(i.pkt[:0], b...)
+		i.ep, i.at = ep, now
+		return true, false
+	}
+	if len(m) >= maxTracked {
+		return false, false
+	}
+	i := &initiation{pkt: append([]byte(nil), b...), ep: ep, at: now}
+	m[ap] = i
+	time.AfterFunc(max(time.Until(deadline), 0), func() { fire(ap, i) })
+	return true, true
+}
+
+// take removes i from m at ap, and reports whether it was still there.
+// Called with h.mu held.
+func take(m map[netip.AddrPort]*initiation, ap netip.AddrPort, i *initiation) bool {
+	if m[ap] != i {
+		return false
+	}
+	delete(m, ap)
 	return true
 }
 
@@ -221,11 +243,10 @@ func (h *handshakes) record(ap netip.AddrPort, b []byte, now time.Time) {
 // peer's first.
 func (h *handshakes) sendOwn(ap netip.AddrPort, own *initiation) {
 	h.mu.Lock()
-	if h.own[ap] != own {
+	if !take(h.own, ap, own) {
 		h.mu.Unlock()
 		return
 	}
-	delete(h.own, ap)
 	h.record(ap, own.pkt, time.Now())
 	h.mu.Unlock()
 	h.crossSentLate.Add(1)
@@ -299,23 +320,14 @@ func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold b
 // index. Called with h.mu held.
 func (h *handshakes) hold(ap netip.AddrPort, b []byte, ep conn.Endpoint, now time.Time) bool {
 	s, outstanding := h.sent[ap]
-	wait := s.at.Add(crossHold).Sub(now)
-	if !outstanding || wait <= 0 || binary.LittleEndian.Uint32(b[4:]) >= s.index {
+	if !outstanding || !now.Before(s.at.Add(crossHold)) || binary.LittleEndian.Uint32(b[4:]) >= s.index {
 		return false
 	}
-	if held := h.held[ap]; held != nil { // the peer's newer one replaces it
-		held.pkt = append(held.pkt[:0], b...)
-		held.ep, held.at = ep, now
-		return true
+	parked, isNew := park(h.held, ap, b, ep, now, s.at.Add(crossHold), h.release)
+	if isNew {
+		h.crossHeld.Add(1)
 	}
-	if len(h.held) >= maxTracked {
-		return false
-	}
-	held := &initiation{pkt: append([]byte(nil), b...), ep: ep, at: now}
-	h.held[ap] = held
-	h.crossHeld.Add(1)
-	time.AfterFunc(wait, func() { h.release(ap, held) })
-	return true
+	return parked
 }
 
 // keep remembers b as the last initiation delivered from ap. Called with
@@ -331,11 +343,10 @@ func (h *handshakes) keep(ap netip.AddrPort, b []byte, ep conn.Endpoint, now tim
 // release delivers held unless the response to ours came first.
 func (h *handshakes) release(ap netip.AddrPort, held *initiation) {
 	h.mu.Lock()
-	if h.held[ap] != held {
+	if !take(h.held, ap, held) {
 		h.mu.Unlock()
 		return
 	}
-	delete(h.held, ap)
 	out := initiation{pkt: held.pkt, ep: held.ep, at: held.at, why: released}
 	h.keep(ap, out.pkt, out.ep, time.Now())
 	h.mu.Unlock()

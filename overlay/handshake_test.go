@@ -1,9 +1,12 @@
 package overlay
 
 import (
+	"context"
 	"encoding/binary"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -223,7 +226,9 @@ type crossNode struct {
 	port uint16
 }
 
-func newCrossNode(t *testing.T) *crossNode {
+// newCrossNode starts a device on a netstack with the Agent6 Bind; log,
+// if given, receives its log at debug level.
+func newCrossNode(t *testing.T, log ...*slog.Logger) *crossNode {
 	t.Helper()
 	k, _ := identity.GeneratePrivateKey()
 	n := &crossNode{key: k.WireGuard(), bind: NewBind()}
@@ -232,7 +237,11 @@ func newCrossNode(t *testing.T) *crossNode {
 		t.Fatal(err)
 	}
 	n.ns = ns
-	if n.dev, err = NewDevice(backend, Config{PrivateKey: n.key, Bind: n.bind}); err != nil {
+	cfg := Config{PrivateKey: n.key, Bind: n.bind}
+	if len(log) > 0 {
+		cfg.Logger = log[0]
+	}
+	if n.dev, err = NewDevice(backend, cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.dev.Close() })
@@ -242,16 +251,19 @@ func newCrossNode(t *testing.T) *crossNode {
 	return n
 }
 
-// Two devices that start their first handshake at the same moment, 200 ms
-// apart, complete one handshake at once instead of refusing each other's
-// response and waiting wireguard-go's 5 s retry; one side held the other's
-// initiation until its own was answered. Repeated, since each round's
+// Two devices that start their first handshake at the same moment, 600 ms
+// apart (round trip), complete one handshake at once instead of refusing
+// each other's response and waiting wireguard-go's 5 s retry: one side
+// held the other's initiation until its own was answered, or, if its own
+// was made after the peer's had arrived (a slow scheduler), held its own
+// until WireGuard had answered the peer's. Repeated, since each round's
 // sender indices, and so the side that holds, are random.
 func TestCrossedHandshakesComplete(t *testing.T) {
+	var settled uint64
 	for round := range 3 {
 		a, b := newCrossNode(t), newCrossNode(t)
 		loop := netip.MustParseAddr("127.0.0.1")
-		r := newDelayRelay(t, 100*time.Millisecond, netip.AddrPortFrom(loop, a.port), netip.AddrPortFrom(loop, b.port))
+		r := newDelayRelay(t, 300*time.Millisecond, netip.AddrPortFrom(loop, a.port), netip.AddrPortFrom(loop, b.port))
 		if err := a.dev.SetPeer(PeerConfig{PublicKey: b.key.Public(), Endpoint: r.AddrA()}); err != nil {
 			t.Fatal(err)
 		}
@@ -301,9 +313,13 @@ func TestCrossedHandshakesComplete(t *testing.T) {
 		if took >= 5*time.Second {
 			t.Errorf("round %d: first packets took %v: the handshakes crossed and waited for the retry", round, took)
 		}
-		if sa.CrossHeld+sb.CrossHeld != 1 || sa.CrossAnswered+sb.CrossAnswered != 1 {
-			t.Errorf("round %d: crossing stats %+v, %+v; want one initiation held and answered", round, sa, sb)
+		if lost := sa.CrossReleased + sb.CrossReleased + sa.CrossSentLate + sb.CrossSentLate; lost != 0 {
+			t.Errorf("round %d: crossing stats %+v, %+v; an initiation went unanswered on loopback", round, sa, sb)
 		}
+		settled += sa.CrossAnswered + sb.CrossAnswered + sa.CrossSuperseded + sb.CrossSuperseded
+	}
+	if settled == 0 {
+		t.Error("no round's initiations crossed: the test did not exercise the hold")
 	}
 }
 
@@ -336,7 +352,8 @@ func TestRedeliver(t *testing.T) {
 // is dropped by wireguard-go; when the peer is added it is redelivered, and
 // the handshake completes without the sender's 5 s retry.
 func TestInitiationBeforePeerRedelivered(t *testing.T) {
-	a, b := newCrossNode(t), newCrossNode(t)
+	dropped := make(chan struct{}, 1)
+	a, b := newCrossNode(t), newCrossNode(t, slog.New(onMessage{"Received invalid initiation message", dropped}))
 	loop := netip.MustParseAddr("127.0.0.1")
 	if err := a.dev.SetPeer(PeerConfig{PublicKey: b.key.Public(), Endpoint: netip.AddrPortFrom(loop, b.port)}); err != nil {
 		t.Fatal(err)
@@ -353,19 +370,12 @@ func TestInitiationBeforePeerRedelivered(t *testing.T) {
 	}
 	defer c.Close()
 	c.Write([]byte("hello"))
-	// Wait until b's bind has seen a's initiation, which b's WireGuard,
-	// without a peer for a, drops.
-	for {
-		b.bind.hs.mu.Lock()
-		n := len(b.bind.hs.last)
-		b.bind.hs.mu.Unlock()
-		if n > 0 {
-			break
-		}
-		if time.Since(start) > 3*time.Second {
-			t.Fatal("a's initiation never reached b")
-		}
-		time.Sleep(10 * time.Millisecond)
+	// Wait until b's WireGuard, without a peer for a, has dropped a's
+	// initiation: added before that, the peer would get it the usual way.
+	select {
+	case <-dropped:
+	case <-time.After(3 * time.Second):
+		t.Fatal("b's WireGuard never refused a's initiation")
 	}
 	if err := b.dev.SetPeer(PeerConfig{PublicKey: a.key.Public(), Endpoint: netip.AddrPortFrom(loop, a.port)}); err != nil {
 		t.Fatal(err)
@@ -446,4 +456,24 @@ func FuzzHandshakes(f *testing.F) {
 			t.Fatalf("tables grew: %d held, %d sent, %d last, %d queued", len(h.held), len(h.sent), len(h.last), len(h.queued))
 		}
 	})
+}
+
+// onMessage is a slog handler that signals c when a record's message
+// starts with prefix.
+type onMessage struct {
+	prefix string
+	c      chan struct{}
+}
+
+func (h onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h onMessage) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h onMessage) WithGroup(string) slog.Handler            { return h }
+func (h onMessage) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "wireguard: "+h.prefix) {
+		select {
+		case h.c <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }

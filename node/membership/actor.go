@@ -455,16 +455,24 @@ func (m *Membership) checkDead(now time.Time) {
 // not alive since.
 func (m *Membership) removeDead(now time.Time) {
 	grace := m.deadGrace()
-	var dead []netip.Addr
+	m.removeIf("dead", func(_ netip.Addr, p *peer) bool {
+		return p.admitted && p.state == "dead" && now.Sub(p.deadSince) >= grace
+	})
+}
+
+// removeIf removes, recording state, the peers for which cond holds;
+// cond is called with m.mu held.
+func (m *Membership) removeIf(state string, cond func(netip.Addr, *peer) bool) {
+	var gone []netip.Addr
 	m.mu.Lock()
 	for addr, p := range m.peers {
-		if p.admitted && p.state == "dead" && now.Sub(p.deadSince) >= grace {
-			dead = append(dead, addr)
+		if cond(addr, p) {
+			gone = append(gone, addr)
 		}
 	}
 	m.mu.Unlock()
-	for _, a := range dead {
-		m.remove(a, "dead")
+	for _, a := range gone {
+		m.remove(a, state)
 	}
 }
 
@@ -552,17 +560,9 @@ func (m *Membership) reconnectDead() {
 // is not one of them: it keeps its WireGuard peer for deadGrace, so that
 // its refutation can come through, and removeDead removes it after that.
 func (m *Membership) removeUnlisted(now time.Time, live map[string]bool) {
-	var gone []netip.Addr
-	m.mu.Lock()
-	for addr, p := range m.peers {
-		if p.admitted && p.state != "dead" && !live[nodeName(addr)] && now.Sub(p.admittedAt) > 3*m.cfg.ReconnectInterval {
-			gone = append(gone, addr)
-		}
-	}
-	m.mu.Unlock()
-	for _, a := range gone {
-		m.remove(a, "dead")
-	}
+	m.removeIf("dead", func(addr netip.Addr, p *peer) bool {
+		return p.admitted && p.state != "dead" && !live[nodeName(addr)] && now.Sub(p.admittedAt) > 3*m.cfg.ReconnectInterval
+	})
 }
 
 // firstReconnect is how long after its removal a dead peer is first sent a
@@ -698,17 +698,7 @@ func gossipSpread(c *memberlist.Config, n int) time.Duration {
 
 func (m *Membership) sweepExpired() {
 	now := time.Now()
-	var expired []netip.Addr
-	m.mu.Lock()
-	for addr, p := range m.peers {
-		if p.admitted && p.cred != nil && now.After(p.cred.NotAfter) {
-			expired = append(expired, addr)
-		}
-	}
-	m.mu.Unlock()
-	for _, a := range expired {
-		m.remove(a, "expired")
-	}
+	m.removeIf("expired", func(_ netip.Addr, p *peer) bool { return p.admitted && p.cred != nil && now.After(p.cred.NotAfter) })
 	if now.After(m.cred.NotAfter) {
 		m.log.Error("this node's credential has expired; peers will refuse it", "spiffe_id", m.cred.ID, "expired", m.cred.NotAfter)
 	}

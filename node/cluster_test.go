@@ -290,7 +290,9 @@ func TestCluster30(t *testing.T) {
 			t.Fatal(err)
 		}
 		h := st.Handshakes
-		hs.CrossHeld, hs.CrossAnswered, hs.CrossReleased = hs.CrossHeld+h.CrossHeld, hs.CrossAnswered+h.CrossAnswered, hs.CrossReleased+h.CrossReleased
+		hs.CrossHeld += h.CrossHeld
+		hs.CrossAnswered += h.CrossAnswered
+		hs.CrossReleased += h.CrossReleased
 		hs.CrossSuperseded += h.CrossSuperseded
 		hs.CrossSentLate += h.CrossSentLate
 		hs.Redelivered += h.Redelivered
@@ -320,8 +322,12 @@ func pairState(a, b *node.Node) string {
 				peer = fmt.Sprintf("endpoint %v, handshake %s, rx %d tx %d", p.Endpoint, hs, p.RxBytes, p.TxBytes)
 			}
 		}
+		var refused map[string]uint64
+		if st.Membership != nil {
+			refused = st.Membership.Refused
+		}
 		out += fmt.Sprintf("%s sees %s: admitted %v, %s; drops %v; netstack %+v; refused %v\n",
-			self.Addr(), other.Addr(), admitted(self)[other.Addr()], peer, st.Filter.Drops, st.Netstack, st.Membership.Refused)
+			self.Addr(), other.Addr(), admitted(self)[other.Addr()], peer, st.Filter.Drops, st.Netstack, refused)
 	}
 	return out
 }

@@ -21,7 +21,7 @@ import (
 // completes, and at the retry they can cross again. An overlay makes this
 // common: gossip runs both ways between every pair, and both sides of an
 // admission release the packets they held for each other at once; in a
-// 30-node join, 23 to 46 of the 435 pairs crossed. So while this node's
+// 30-node join, 18 to 46 of the 435 pairs crossed. So while this node's
 // initiation to an endpoint awaits its response, an initiation from that
 // endpoint with a smaller sender index than ours is held back. The peer
 // holds nothing, since it compares the same two indices, and answers ours;

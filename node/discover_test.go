@@ -265,7 +265,7 @@ func TestDisableDNS(t *testing.T) {
 
 // Close stops the DNS server with the node: no goroutine outlives it.
 func TestDNSLifecycle(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
 	o := &org{}
 	o.ca, _ = identity.NewCA("example.org", time.Hour, time.Now())
 	o.bundle, _ = identity.ParseBundle(o.ca.CertificatePEM())

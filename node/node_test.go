@@ -131,6 +131,9 @@ func TestUDP(t *testing.T) {
 		got := make([]byte, 65536)
 		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
 		nr, _, err := pc.ReadFrom(got)
+		for err == nil && string(got[:nr]) == "ping" { // a late one from the handshake loop
+			nr, _, err = pc.ReadFrom(got)
+		}
 		if err != nil {
 			t.Fatalf("%d-byte datagram: %v", size, err)
 		}

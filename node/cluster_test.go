@@ -312,13 +312,7 @@ func TestCluster30(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := st.Handshakes
-		hs.CrossHeld += h.CrossHeld
-		hs.CrossAnswered += h.CrossAnswered
-		hs.CrossReleased += h.CrossReleased
-		hs.CrossSuperseded += h.CrossSuperseded
-		hs.CrossSentLate += h.CrossSentLate
-		hs.Redelivered += h.Redelivered
+		hs = hs.Plus(st.Handshakes)
 	}
 	t.Logf("handshakes: %+v", hs)
 }

@@ -81,6 +81,18 @@ type HandshakeStatus struct {
 	Redelivered     uint64 `json:"redelivered"`
 }
 
+// Plus returns the counts of h and o added, for totals over nodes.
+func (h HandshakeStatus) Plus(o HandshakeStatus) HandshakeStatus {
+	return HandshakeStatus{
+		CrossHeld:       h.CrossHeld + o.CrossHeld,
+		CrossAnswered:   h.CrossAnswered + o.CrossAnswered,
+		CrossReleased:   h.CrossReleased + o.CrossReleased,
+		CrossSuperseded: h.CrossSuperseded + o.CrossSuperseded,
+		CrossSentLate:   h.CrossSentLate + o.CrossSentLate,
+		Redelivered:     h.Redelivered + o.Redelivered,
+	}
+}
+
 // NetstackStatus are the embedded stack's counters of traffic it could
 // not deliver or sent again (see overlay.NetstackStats).
 type NetstackStatus struct {

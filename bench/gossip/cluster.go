@@ -290,15 +290,7 @@ func (c *agent6) filterDrops() map[string]uint64 {
 
 func (c *agent6) handshakes() *node.HandshakeStatus {
 	var sum node.HandshakeStatus
-	c.eachStatus(func(st node.Status) {
-		h := st.Handshakes
-		sum.CrossHeld += h.CrossHeld
-		sum.CrossAnswered += h.CrossAnswered
-		sum.CrossReleased += h.CrossReleased
-		sum.CrossSuperseded += h.CrossSuperseded
-		sum.CrossSentLate += h.CrossSentLate
-		sum.Redelivered += h.Redelivered
-	})
+	c.eachStatus(func(st node.Status) { sum = sum.Plus(st.Handshakes) })
 	return &sum
 }
 

@@ -13,7 +13,9 @@
 // peer that sent them. Together they make the source address an identity.
 //
 // Under wireguard-go, Bind is the node's one UDP socket: it hands Agent6
-// control frames to membership instead of WireGuard, and settles
-// handshakes that two peers start at the same moment, which would
-// otherwise refuse each other and wait 5 s to retry (crossing.go).
+// control frames to membership instead of WireGuard, and keeps first
+// handshakes from waiting WireGuard's 5 s retry (handshake.go): two
+// peers that initiate at the same moment, which would refuse each other's
+// responses, complete one handshake, and an initiation that arrived before
+// its peer was added is handed to WireGuard again when it is.
 package overlay

@@ -100,6 +100,9 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 	if bind == nil {
 		bind = conn.NewDefaultBind()
 	}
+	if b, ok := bind.(*Bind); ok {
+		b.hs.setLocalKey(pub.Raw())
+	}
 	wgLog := &device.Logger{
 		Verbosef: func(format string, args ...any) {
 			// wireguard-go reports cryptokey-routing refusals only in its
@@ -109,6 +112,13 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 				strings.HasPrefix(format, "IPv4 packet with disallowed source address") {
 				filter.countPeerSpoof(fmt.Sprint(args...))
 				return
+			}
+			// An initiation wireguard-go refused will not be answered:
+			// the Bind stops holding ours behind it.
+			if b, ok := bind.(*Bind); ok && strings.HasPrefix(format, "Received invalid initiation message from") && len(args) == 1 {
+				if ap, err := netip.ParseAddrPort(fmt.Sprint(args[0])); err == nil {
+					b.hs.invalid(ap)
+				}
 			}
 			if log.Enabled(context.Background(), slog.LevelDebug) {
 				log.Debug("wireguard: " + fmt.Sprintf(format, args...))
@@ -205,6 +215,41 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		b.hs.redeliver(p.Endpoint, time.Now())
 	}
 	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint, "allowed", len(want))
+	return nil
+}
+
+// SetAllowedIP adds (allow) or removes one prefix to or from the
+// AllowedIPs of an existing peer, leaving the others as they are: a task
+// that starts or ends costs one UAPI line, whatever the peer's other
+// tasks. It fails for a key that is not a peer.
+func (d *Device) SetAllowedIP(pub identity.WGPublicKey, pfx netip.Prefix, allow bool) error {
+	if !pfx.IsValid() {
+		return fmt.Errorf("overlay: peer %s: invalid allowed prefix", pub.ShortString())
+	}
+	pfx = pfx.Masked()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	have := d.allowed[pub]
+	if have == nil {
+		return fmt.Errorf("overlay: set allowed prefix %s: %s is not a peer", pfx, pub.ShortString())
+	}
+	if have[pfx] == allow {
+		return nil
+	}
+	raw := pub.Raw()
+	line := fmt.Sprintf("allowed_ip=%s\n", pfx)
+	if !allow {
+		line = fmt.Sprintf("allowed_ip=-%s\n", pfx)
+	}
+	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\n%s", hex.EncodeToString(raw[:]), line)); err != nil {
+		delete(d.allowed, pub) // unknown now: the next SetPeer replaces them all
+		return fmt.Errorf("overlay: set allowed prefix %s of %s: %w", pfx, pub.ShortString(), err)
+	}
+	if allow {
+		have[pfx] = true
+	} else {
+		delete(have, pfx)
+	}
 	return nil
 }
 

@@ -30,8 +30,14 @@ type TaskSpec struct {
 	// outlive its parent.
 	TTL time.Duration
 	// Parent, if set, makes this a sub-agent of that task, one level
-	// deeper (at most identity.MaxDelegationDepth).
+	// deeper (at most identity.MaxDelegationDepth). A sub-agent's scope
+	// and budget must lie within its parent's, and it belongs to its
+	// parent's trace.
 	Parent *Task
+	// TraceID names the work the task belongs to across agents and trust
+	// domains (W3C trace context's trace-id). Zero means a random one; a
+	// sub-agent inherits its parent's.
+	TraceID identity.TraceID
 }
 
 // Task is a delegated identity: its own key and address, signed for by the
@@ -43,7 +49,7 @@ type Task struct {
 	key    identity.PrivateKey
 	addr   netip.Addr
 	info   identity.Delegation
-	chain  [][]byte // signed delegations, root first
+	chain  [][]byte // delegation links (identity.Link encodings), root first
 	parent *Task
 
 	mu        sync.Mutex // guards delivered, ended
@@ -54,7 +60,10 @@ type Task struct {
 
 // Errors for tasks.
 var (
-	ErrTaskDepth  = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
+	ErrTaskDepth = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
+	// ErrTaskWider reports a sub-agent asked to reach or spend beyond its
+	// parent.
+	ErrTaskWider  = errors.New("node: a sub-agent must lie within its parent's scope, budget and life")
 	ErrTaskEnded  = errors.New("node: task ended")
 	ErrTaskExists = errors.New("node: a task with this ID is already running")
 )
@@ -85,10 +94,14 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	trace := spec.TraceID
+	if trace.IsZero() {
+		rand.Read(trace[:])
+	}
 	d := identity.Delegation{
 		Child: key.Public(), Owner: n.key.Public(), Class: spec.Class, Sensitivity: spec.Sensitivity,
 		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: time.Now().Add(ttl).UTC(),
-		Pseudonym: pseudonym,
+		Pseudonym: pseudonym, TraceID: trace,
 	}
 	signer := n.key
 	var chain [][]byte
@@ -106,14 +119,27 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 		if d.NotAfter.After(p.info.NotAfter) {
 			d.NotAfter = p.info.NotAfter
 		}
+		if !spec.TraceID.IsZero() && spec.TraceID != p.info.TraceID {
+			return nil, fmt.Errorf("node: a sub-agent belongs to its parent's trace %s, not %s", p.info.TraceID, spec.TraceID)
+		}
+		d.TraceID = p.info.TraceID
+		// What the caller leaves open, the sub-agent inherits: its
+		// parent's scope and each of its parent's budgets.
+		if len(d.Scope) == 0 {
+			d.Scope = p.info.Scope
+		}
+		d.Budget = inheritBudget(d.Budget, p.info.Budget)
+		if err := d.Within(&p.info); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrTaskWider, err)
+		}
 		signer, chain = p.key, append(chain, p.chain...)
 	}
 	d.Parent = signer.Public()
-	rec, err := identity.SignDelegation(signer, d)
+	link, err := identity.Delegate(signer, key, d)
 	if err != nil {
 		return nil, err
 	}
-	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, rec.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
+	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, link.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
 	// The expiry timer exists before anyone else can see the task.
 	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
 	// Register first, so that the same ID cannot start twice (its
@@ -142,12 +168,40 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	return t, ctx.Err()
 }
 
+// addTaskAddr makes a one of this node's addresses: in the identity
+// table (which refuses an address another holds), on the TUN or netstack,
+// and in the filter.
+// inheritBudget fills each limit b leaves open (zero) with parent's.
+func inheritBudget(b, parent identity.Budget) identity.Budget {
+	if b.Rate == 0 {
+		b.Rate = parent.Rate
+	}
+	if b.Bytes == 0 {
+		b.Bytes = parent.Bytes
+	}
+	if b.FanOut == 0 {
+		b.FanOut = parent.FanOut
+	}
+	return b
+}
+
 func (n *Node) addTaskAddr(a netip.Addr) error {
-	if n.tnet != nil {
-		if err := n.tnet.AddAddress(a); err != nil {
+	m := n.Membership()
+	if m != nil {
+		if err := m.ClaimLocal(a); err != nil {
 			return err
 		}
-	} else if err := overlay.AddTUNAddress(n.TUN, a); err != nil {
+	}
+	var err error
+	if n.tnet != nil {
+		err = n.tnet.AddAddress(a)
+	} else {
+		err = overlay.AddTUNAddress(n.TUN, a)
+	}
+	if err != nil {
+		if m != nil {
+			m.ReleaseLocal(a)
+		}
 		return err
 	}
 	n.dev.Filter().AddTask(a)
@@ -155,6 +209,9 @@ func (n *Node) addTaskAddr(a netip.Addr) error {
 }
 
 func (n *Node) removeTaskAddr(a netip.Addr) {
+	if m := n.Membership(); m != nil {
+		m.ReleaseLocal(a)
+	}
 	n.dev.Filter().RemoveTask(a)
 	var err error
 	if n.tnet != nil {
@@ -169,6 +226,9 @@ func (n *Node) removeTaskAddr(a netip.Addr) {
 
 // Addr returns the task's overlay address.
 func (t *Task) Addr() netip.Addr { return t.addr }
+
+// TraceID names the work the task belongs to (see TaskSpec.TraceID).
+func (t *Task) TraceID() identity.TraceID { return t.info.TraceID }
 
 // Pseudonym identifies the task to peers without revealing its ID.
 func (t *Task) Pseudonym() string { return t.info.Pseudonym }

@@ -181,7 +181,7 @@ func TestForgedDelegationRefused(t *testing.T) {
 	// that is not a's: "delegating" someone else's authority.
 	stranger, _ := identity.GeneratePrivateKey()
 	child, _ := identity.GeneratePrivateKey()
-	rec, err := identity.SignDelegation(stranger, identity.Delegation{Child: child.Public(), Parent: stranger.Public(), Owner: stranger.Public(), Depth: 1, NotAfter: time.Now().Add(time.Hour)})
+	link, err := identity.Delegate(stranger, child, identity.Delegation{Child: child.Public(), Parent: stranger.Public(), Owner: stranger.Public(), Depth: 1, NotAfter: time.Now().Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,11 @@ func TestForgedDelegationRefused(t *testing.T) {
 	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.Addr(), membership.TaskPort))
 	before := b.Membership().Stats().Refused[membership.ReasonBadDelegation]
 	waitFor(t, 10*time.Second, "forged delegation refused", func() bool {
-		pc.WriteTo(membership.EncodeChain([][]byte{rec.Marshal()}), to)
+		frame, err := membership.PeerFrame(a.Key, "delegate", b.Addr(), time.Now(), membership.DelegateBody([][]byte{link.Marshal()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc.WriteTo(frame, to)
 		time.Sleep(100 * time.Millisecond)
 		return b.Membership().Stats().Refused[membership.ReasonBadDelegation] > before
 	})

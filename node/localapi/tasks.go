@@ -180,7 +180,7 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 		t.End() // started, but the caller is gone
 	}
 	switch {
-	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists):
+	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists), errors.Is(err, node.ErrTaskWider):
 		writeError(w, http.StatusUnprocessableEntity, CodeRefused, err.Error())
 	case errors.Is(err, node.ErrNoMembership):
 		writeError(w, http.StatusConflict, CodeNoMembership, err.Error())

@@ -79,9 +79,14 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	if n.Membership() == nil {
 		return nil, ErrNoMembership
 	}
-	ttl := spec.TTL
-	if ttl <= 0 {
-		ttl = time.Hour
+	notAfter := time.Now().Add(spec.TTL).UTC()
+	if spec.TTL <= 0 {
+		// The default: an hour, or what is left of the agent's
+		// credential, beyond which peers refuse the delegation.
+		notAfter = time.Now().Add(time.Hour).UTC()
+		if end := n.Membership().Credential().NotAfter; end.Before(notAfter) {
+			notAfter = end
+		}
 	}
 	id := spec.ID
 	if id == "" {
@@ -100,7 +105,7 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	}
 	d := identity.Delegation{
 		Child: key.Public(), Owner: n.key.Public(), Class: spec.Class, Sensitivity: spec.Sensitivity,
-		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: time.Now().Add(ttl).UTC(),
+		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: notAfter,
 		Pseudonym: pseudonym, TraceID: trace,
 	}
 	signer := n.key

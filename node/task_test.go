@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -221,5 +222,58 @@ func TestTaskIDUnique(t *testing.T) {
 	first.End()
 	if _, err := n.StartTask(ctx, node.TaskSpec{ID: "job-1"}); err != nil {
 		t.Fatalf("ID reused after End: %v", err)
+	}
+}
+
+// A task whose TTL is over before StartTask returns ends cleanly: the
+// expiry timer fires End at once (it used to fire before t.timer was set,
+// a nil dereference that crashed the sidecar, and to end a task not yet
+// registered, which then stayed registered). Run under -race.
+func TestTaskTinyTTL(t *testing.T) {
+	o := newOrg(t, "example.org")
+	n := o.member(t, "a", o.bundle)
+	ctx := context.Background()
+	for i := range 200 {
+		task, err := n.StartTask(ctx, node.TaskSpec{TTL: time.Nanosecond})
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		if i%2 == 0 {
+			task.End() // racing the timer
+		}
+	}
+	waitFor(t, 10*time.Second, "every task ended", func() bool { return len(n.Tasks()) == 0 })
+}
+
+// A task cannot outlive the node's credential, nor a sub-agent its
+// parent: a longer TTL is refused with both times in the error, and the
+// default TTL is cut to the bound.
+func TestTaskTTLBound(t *testing.T) {
+	o := newOrg(t, "example.org")
+	n := o.member(t, "a", o.bundle) // its credential lasts an hour
+	ctx := context.Background()
+	credEnd := n.Membership().Credential().NotAfter
+	_, err := n.StartTask(ctx, node.TaskSpec{TTL: 1000000 * time.Hour})
+	if !errors.Is(err, node.ErrTaskTTL) || !strings.Contains(err.Error(), credEnd.UTC().Format(time.RFC3339)) || !strings.Contains(err.Error(), "credential") {
+		t.Fatalf("TTL past the credential: %v, want ErrTaskTTL naming the credential's end %s", err, credEnd.UTC().Format(time.RFC3339))
+	}
+	task, err := n.StartTask(ctx, node.TaskSpec{}) // default: an hour, cut to the credential
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.Expires().After(credEnd) {
+		t.Fatalf("default task ends %s, after its credential %s", task.Expires(), credEnd)
+	}
+	parent, err := n.StartTask(ctx, node.TaskSpec{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.StartTask(ctx, node.TaskSpec{TTL: 2 * time.Minute, Parent: parent})
+	if !errors.Is(err, node.ErrTaskTTL) || !strings.Contains(err.Error(), "parent") || !strings.Contains(err.Error(), parent.Expires().UTC().Format(time.RFC3339)) {
+		t.Fatalf("sub-agent TTL past its parent: %v, want ErrTaskTTL naming the parent's end", err)
+	}
+	sub, err := n.StartTask(ctx, node.TaskSpec{TTL: 30 * time.Second, Parent: parent})
+	if err != nil || sub.Expires().After(parent.Expires()) {
+		t.Fatalf("sub-agent within its parent: %v, expires %v (parent %v)", err, sub.Expires(), parent.Expires())
 	}
 }

@@ -48,7 +48,7 @@ func runTaskStart(args []string, stdout io.Writer) error {
 	fs.StringVar(&req.Class, "class", "", "the task's class, e.g. tool-call or retrieval")
 	fs.StringVar(&req.Sensitivity, "sensitivity", "", "the data it handles, e.g. low or pii")
 	fs.Var(&scope, "scope", "what the task may reach (repeatable)")
-	fs.DurationVar(&req.TTL, "ttl", 0, "how long the task lives (default: the node's, one hour)")
+	fs.DurationVar(&req.TTL, "ttl", 0, "how long the task lives (default: one hour, cut to the node's credential or the parent task; longer than those is refused)")
 	fs.StringVar(&req.Parent, "parent", "", "id of a running task: start a sub-agent of it")
 	fs.StringVar(&req.ID, "id", "", "your own name for the task; it never leaves the node (default: random)")
 	asJSON := fs.Bool("json", false, "print JSON")

@@ -29,7 +29,8 @@ type TaskRequest struct {
 	Scope       []string // what the task may reach
 	Budget      identity.Budget
 	// TTL is how long the task lives; 0 means the node's default (one
-	// hour). A sub-agent never outlives its parent.
+	// hour, cut to the node's credential or the parent task). A TTL that
+	// would outlive either is refused (422, code "refused").
 	TTL time.Duration
 	// Parent is the id (pseudonym) of a running task: the new task is its
 	// sub-agent, one level deeper.
@@ -180,7 +181,7 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 		t.End() // started, but the caller is gone
 	}
 	switch {
-	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists), errors.Is(err, node.ErrTaskWider):
+	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists), errors.Is(err, node.ErrTaskWider), errors.Is(err, node.ErrTaskTTL):
 		writeError(w, http.StatusUnprocessableEntity, CodeRefused, err.Error())
 	case errors.Is(err, node.ErrNoMembership):
 		writeError(w, http.StatusConflict, CodeNoMembership, err.Error())

@@ -122,9 +122,9 @@ type Node struct {
 	tokens  []membership.Token
 	joined  chan struct{} // closed when a join succeeded (or none was asked)
 	closers map[io.Closer]struct{}
-	wg      sync.WaitGroup  // background goroutines: the join loop, task deliveries
-	ctx     context.Context // canceled by Close
-	stop    context.CancelFunc
+	wg      sync.WaitGroup     // background goroutines: the join loop, task deliveries
+	ctx     context.Context    // the join loop's and task deliveries'; canceled by Close
+	stop    context.CancelFunc // cancels ctx
 	tasks   map[netip.Addr]*Task
 }
 
@@ -152,9 +152,8 @@ func (n *Node) Up(ctx context.Context) error {
 		if !n.DisableDNS {
 			n.startDNS()
 		}
-		jctx, cancel := context.WithCancel(context.Background())
-		n.stop = cancel
-		n.wg.Go(func() { n.joinLoop(jctx) })
+		ctx := n.ctx // canceled by Close, like the task deliveries
+		n.wg.Go(func() { n.joinLoop(ctx) })
 	} else {
 		close(n.joined)
 	}

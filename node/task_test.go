@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node"
@@ -275,5 +279,91 @@ func TestTaskTTLBound(t *testing.T) {
 	sub, err := n.StartTask(ctx, node.TaskSpec{TTL: 30 * time.Second, Parent: parent})
 	if err != nil || sub.Expires().After(parent.Expires()) {
 		t.Fatalf("sub-agent within its parent: %v, expires %v (parent %v)", err, sub.Expires(), parent.Expires())
+	}
+}
+
+// deliveryErrs is a slog.Handler that keeps the errors of the node's
+// "delegation not delivered" records.
+type deliveryErrs struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (h *deliveryErrs) Enabled(context.Context, slog.Level) bool { return true }
+func (h *deliveryErrs) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *deliveryErrs) WithGroup(string) slog.Handler            { return h }
+func (h *deliveryErrs) Handle(_ context.Context, r slog.Record) error {
+	if !strings.Contains(r.Message, "not delivered") {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if err, ok := a.Value.Any().(error); ok && a.Key == "err" {
+			h.mu.Lock()
+			h.errs = append(h.errs, err)
+			h.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+// Close ends a task delivery in flight at once (it waited for the
+// delivery's 5 s timeout: Up lost the cancel of the context deliveries run
+// under), and leaves no goroutine behind.
+func TestCloseDuringDelivery(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	o := newOrg(t, "example.org")
+	logs := &deliveryErrs{}
+	k, der := o.issue(t, "a", time.Hour)
+	a := &node.Node{Key: k, Credential: der, Bundle: o.bundle, DisableDNS: true, Logger: slog.New(logs),
+		Endpoints: []netip.AddrPort{netip.AddrPortFrom(loopback, 0)}, TuneGossip: fastGossip}
+	if err := a.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// A ghost: an agent admitted through a HELLO from a socket that then
+	// goes silent, so a delegation sent to it is never acknowledged.
+	gk, gder := o.issue(t, "ghost", time.Hour)
+	rec, err := membership.SignAgentRecord(gk, 1, gder, []netip.AddrPort{netip.AddrPortFrom(loopback, 1)}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello, err := membership.HelloFrame(gk, rec, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendHello(t, a, hello)
+	ghost, _ := gk.Public().Addr()
+	waitFor(t, 5*time.Second, "ghost admitted", func() bool {
+		m, ok := a.Membership().Lookup(ghost)
+		return ok && m.State == "alive"
+	})
+	task, err := a.StartTask(context.Background(), node.TaskSpec{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := task.Dial(ctx, "tcp", netip.AddrPortFrom(ghost, 80).String())
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	waitFor(t, 5*time.Second, "the task's first packet held for delivery", func() bool {
+		st, err := a.Status()
+		return err == nil && st.Filter.Held > 0
+	})
+	start := time.Now()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Close took %v", time.Since(start))
+	<-dialed
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	if len(logs.errs) != 1 || !errors.Is(logs.errs[0], context.Canceled) {
+		t.Fatalf("delivery ended with %v, want one ended by Close (context.Canceled), not by its timeout", logs.errs)
 	}
 }

@@ -351,16 +351,82 @@ func (n *Node) RemovePeer(pub identity.WGPublicKey) error {
 }
 
 // Dial connects to address ("[overlay-addr]:port") on the named network
-// ("tcp", "tcp6", "udp", "udp6") from this node's address.
+// ("tcp", "tcp6", "udp", "udp6") from this node's address. An address
+// that no agent this node knows holds fails at once with an error
+// wrapping ErrUnknownAddr.
 func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, error) {
-	if _, err := n.running(); err != nil {
+	dev, err := n.running()
+	if err != nil {
 		return nil, fmt.Errorf("node: dial: %w", err)
 	}
-	ap, err := parseOverlayAddrPort(address)
+	ap, err := n.dialTarget(dev, network, address)
 	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+		return nil, err
 	}
 	return n.dial(ctx, network, ap)
+}
+
+// dialTarget parses a dial's network and address and checks that some
+// agent holds the address, so that a dial to nobody fails fast.
+func (n *Node) dialTarget(dev *overlay.Device, network, address string) (netip.AddrPort, error) {
+	ap, err := parseOverlayAddrPort(address)
+	if err != nil {
+		return ap, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	switch network {
+	case "tcp", "tcp6", "udp", "udp6":
+	default:
+		return ap, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	if err := n.held(dev, ap.Addr()); err != nil {
+		return ap, &net.OpError{Op: "dial", Net: network, Addr: addrOf(network, ap), Err: err}
+	}
+	return ap, nil
+}
+
+func addrOf(network string, ap netip.AddrPort) net.Addr {
+	if network == "udp" || network == "udp6" {
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+// held reports, as an error wrapping ErrUnknownAddr, that no agent this
+// node knows holds addr: not this node or its tasks, not an agent or task
+// membership knows (an agent being admitted counts: its packets wait for
+// it), not a static peer.
+func (n *Node) held(dev *overlay.Device, addr netip.Addr) error {
+	if addr == n.addr {
+		return nil
+	}
+	if _, ok := n.Task(addr); ok {
+		return nil
+	}
+	why := "no peer has it"
+	if m := n.Membership(); m != nil {
+		if _, ok := m.LookupTask(addr); ok {
+			return nil
+		}
+		why = "membership has not heard of it yet"
+		if mb, ok := m.Lookup(addr); ok {
+			switch mb.State {
+			case "left", "revoked", "expired":
+				why = "the agent that held it is " + mb.State
+			default:
+				return nil
+			}
+		}
+	}
+	peers, err := dev.Peers() // static peers
+	if err != nil {
+		return err
+	}
+	for _, p := range peers {
+		if p.Addr == addr {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w (%s)", ErrUnknownAddr, why)
 }
 
 // dial, listen and listenPacket work once the backend is up, before Up

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,6 +158,15 @@ func TestDialErrors(t *testing.T) {
 	}
 	if _, err := a.Listen("tcp", "[2001:21::1]:80"); !errors.Is(err, node.ErrNotLocal) {
 		t.Errorf("listen on another address: err = %v, want ErrNotLocal", err)
+	}
+	// An overlay address no peer holds fails at once, not at the deadline.
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, network := range []string{"tcp", "udp"} {
+		_, err := a.Dial(dctx, network, "[2001:21::1]:80")
+		if !errors.Is(err, node.ErrUnknownAddr) || !strings.Contains(err.Error(), "no known agent holds") {
+			t.Errorf("dial %s to an address nobody holds: err = %v, want ErrUnknownAddr", network, err)
+		}
 	}
 	var idle node.Node
 	if _, err := idle.Dial(ctx, "tcp", "[2001:21::1]:80"); !errors.Is(err, node.ErrNotUp) {

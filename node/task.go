@@ -332,16 +332,21 @@ func (t *Task) End() error {
 	return nil
 }
 
-// Dial connects from the task's address.
+// Dial connects from the task's address. An address that no agent the
+// node knows holds fails at once with an error wrapping ErrUnknownAddr.
 func (t *Task) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	if t.Ended() {
 		return nil, ErrTaskEnded
 	}
-	ap, err := parseOverlayAddrPort(address)
-	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-	}
 	n := t.n
+	dev, err := n.running()
+	if err != nil {
+		return nil, fmt.Errorf("node: dial: %w", err)
+	}
+	ap, err := n.dialTarget(dev, network, address)
+	if err != nil {
+		return nil, err
+	}
 	from := netip.AddrPortFrom(t.addr, 0)
 	switch network {
 	case "tcp", "tcp6":

@@ -367,3 +367,35 @@ func TestCloseDuringDelivery(t *testing.T) {
 		t.Fatalf("delivery ended with %v, want one ended by Close (context.Canceled), not by its timeout", logs.errs)
 	}
 }
+
+// With membership, a dial (the agent's or a task's) to an overlay address
+// no agent holds fails at once, saying membership has not heard of it.
+func TestDialUnknownWithMembership(t *testing.T) {
+	o := newOrg(t, "example.org")
+	a := o.member(t, "a", o.bundle)
+	b := o.member(t, "b", o.bundle, invite(t, a))
+	waitFor(t, 20*time.Second, "pair", func() bool { return fullMesh([]*node.Node{a, b}) })
+	echo(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	task, err := a.StartTask(ctx, node.TaskSpec{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := netip.AddrPortFrom(netip.MustParseAddr("2001:21::dead"), 7).String()
+	for name, dial := range map[string]func(context.Context, string, string) (net.Conn, error){"agent": a.Dial, "task": task.Dial} {
+		_, err := dial(ctx, "tcp", nobody)
+		if !errors.Is(err, node.ErrUnknownAddr) || !strings.Contains(err.Error(), "membership has not heard of it") {
+			t.Errorf("%s dials an address nobody holds: %v, want ErrUnknownAddr", name, err)
+		}
+	}
+	// Known addresses still work: a peer, and this node's own task.
+	if err := exchange(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	c, err := task.Dial(ctx, "tcp", netip.AddrPortFrom(b.Addr(), 7).String())
+	if err != nil {
+		t.Fatalf("task dials a peer: %v", err)
+	}
+	c.Close()
+}

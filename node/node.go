@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -197,6 +198,12 @@ func (n *Node) up(ctx context.Context) error {
 		}
 		n.tokens = append(n.tokens, t)
 	}
+	// Whatever can fail is checked before the host changes (a TUN device,
+	// its address and route in sidecar mode): a second node started by
+	// mistake must fail without touching the first.
+	if err := portFree(n.ListenPort); err != nil {
+		return err
+	}
 	var backend tun.Device
 	if n.TUN != "" {
 		backend, err = overlay.CreateKernelTUN(n.TUN, mtu, n.addr)
@@ -230,6 +237,24 @@ func (n *Node) up(ctx context.Context) error {
 	}
 	n.log.Info("node up", "addr", n.addr, "peer", wgKey.Public().String(), "port", port, "mode", n.mode())
 	return ctx.Err()
+}
+
+// portFree reports an error if the UDP port (0: any) is taken, for IPv4
+// or IPv6, as WireGuard listens on both.
+func portFree(port uint16) error {
+	if port == 0 {
+		return nil
+	}
+	for _, network := range []string{"udp4", "udp6"} {
+		c, err := net.ListenUDP(network, &net.UDPAddr{Port: int(port)})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("node: UDP port %d is in use (another agent6? choose another ListenPort)", port)
+		}
+		if err == nil { // other errors: no IPv4 or IPv6 here, which WireGuard does without
+			c.Close()
+		}
+	}
+	return nil
 }
 
 func (n *Node) mode() string {

@@ -215,3 +215,18 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("restarted node has address %s, want %s", n2.Addr(), addr)
 	}
 }
+
+// A node whose UDP port is taken fails at Up, saying so, before it
+// creates anything.
+func TestUpPortInUse(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n := &node.Node{ListenPort: uint16(c.LocalAddr().(*net.UDPAddr).Port)}
+	defer n.Close()
+	if err := n.Up(context.Background()); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("Up on a taken port: %v, want an error saying it is in use", err)
+	}
+}

@@ -65,7 +65,8 @@ type Node struct {
 	// (created there, mode 0600, if absent); if Dir is empty too, a new
 	// ephemeral key is made.
 	Key identity.PrivateKey
-	// Dir is the node's state directory (only the key file, for now).
+	// Dir is the node's state directory (the sidecar's state_dir). Only
+	// the key file lives there, and only when Key is zero.
 	Dir string
 	// ListenPort is the WireGuard UDP port; 0 picks a free one.
 	ListenPort uint16

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -105,7 +106,7 @@ func runTaskList(args []string, stdout io.Writer) error {
 		return writeJSON(stdout, tasks)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tCLASS\tSENSITIVITY\tDEPTH\tEXPIRES\tPARENT")
+	fmt.Fprintln(tw, "ID\tADDRESS\tCLASS\tSENSITIVITY\tDEPTH\tEXPIRES\tPARENT\tUID")
 	ids := make(map[netip.Addr]string, len(tasks))
 	for _, t := range tasks {
 		ids[t.Addr] = t.ID
@@ -118,8 +119,12 @@ func runTaskList(args []string, stdout io.Writer) error {
 				parent = p.String()
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", t.ID, t.Addr, orDash(t.Class), orDash(t.Sensitivity), t.Depth,
-			time.Until(t.Expires).Round(time.Second), parent)
+		uid := "-" // started by the node's own program
+		if t.UID != nil {
+			uid = strconv.FormatUint(uint64(*t.UID), 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\tin %s\t%s\t%s\n", t.ID, t.Addr, orDash(t.Class), orDash(t.Sensitivity), t.Depth,
+			time.Until(t.Expires).Round(time.Second), parent, uid)
 	}
 	return tw.Flush()
 }

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -14,32 +12,14 @@ import (
 	"github.com/agent6/agent6/node/localapi"
 )
 
-const taskUsage = `usage: agent6 task <subcommand> [flags]
-
-subcommands:
-  start  start a task (a delegated identity with its own address); prints its id and address
-  end    end a task by id: its address goes away and the peers that knew it are told
-  list   list the running tasks
-
-Run 'agent6 task <subcommand> -h' for its flags.
-`
+var taskCommands = map[string]command{
+	"start": {summary: "start a task (a delegated identity with its own address); prints its id and address", run: runTaskStart},
+	"end":   {summary: "end a task by id: its address goes away and the peers that knew it are told", run: runTaskEnd},
+	"list":  {summary: "list the running tasks", run: runTaskList},
+}
 
 func runTask(args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: missing subcommand (start, end or list)", errUsage)
-	}
-	switch args[0] {
-	case "start":
-		return runTaskStart(args[1:], stdout)
-	case "end":
-		return runTaskEnd(args[1:], stdout)
-	case "list":
-		return runTaskList(args[1:], stdout)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(os.Stderr, taskUsage)
-		return flag.ErrHelp
-	}
-	return fmt.Errorf("%w: unknown subcommand %q (want start, end or list)", errUsage, args[0])
+	return dispatch("task", taskCommands, args, stdout)
 }
 
 func runTaskStart(args []string, stdout io.Writer) error {

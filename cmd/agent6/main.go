@@ -37,12 +37,14 @@ var commands = map[string]command{
 	"revoke":   {summary: "hand a revocation to the node, which applies and gossips it", run: runRevoke},
 	"task":     {summary: "tasks with their own addresses: start, end, list", run: runTask, sub: taskCommands},
 	"ca":       {summary: "organisation CA: init, issue, revoke", run: runCA, sub: caCommands},
+	"version":  {summary: "print the version and the source revision it was built from", run: runVersion},
 }
 
 // The commands that read the table itself join it here, which a
 // composite literal cannot refer to.
 func init() {
 	commands["help"] = command{summary: "show the commands, or a command's flags: help COMMAND [SUBCOMMAND]", run: runHelp}
+	commands["completion"] = command{summary: "print a shell completion script: completion bash|zsh", run: runCompletion}
 }
 
 // errUsage marks errors that are the caller's invocation, exit status 2.
@@ -76,6 +78,8 @@ func main() {
 	switch name {
 	case "-h", "-help", "--help":
 		name = "help"
+	case "-version", "--version":
+		name = "version"
 	}
 	cmd, ok := commands[name]
 	if !ok {

@@ -29,14 +29,18 @@ func runWait(args []string, stdout io.Writer) error {
 	c := &localapi.Client{Socket: *socket}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	why := "no answer yet"
 	for {
 		st, err := c.Status(ctx)
-		why := ""
-		if err != nil {
+		switch {
+		case err != nil && ctx.Err() != nil: // cut by the deadline: the last reason stands
+		case err != nil:
 			why = err.Error()
-		} else if why = notReady(st, *peers); why == "" {
-			fmt.Fprintf(stdout, "ready: %s%s\n", st.Addr, peerSummary(st))
-			return nil
+		default:
+			if why = notReady(st, *peers); why == "" {
+				fmt.Fprintf(stdout, "ready: %s%s\n", st.Addr, peerSummary(st))
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():

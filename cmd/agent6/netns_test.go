@@ -65,7 +65,8 @@ type sidecar struct {
 	pubkey string
 	cmd    *exec.Cmd
 	log    syncBuffer
-	extra  string // the config lines of the last start
+	extra  string   // the config lines of the last start
+	env    []string // added to the environment of `agent6 up`
 }
 
 // syncBuffer is a bytes.Buffer that a running process writes while the
@@ -127,6 +128,9 @@ func (s *sidecar) start(t *testing.T, extra string, peers ...*sidecar) {
 		t.Fatal(err)
 	}
 	s.cmd = s.ns.Command(context.Background(), s.bin, "up", "--config", path)
+	if s.env != nil {
+		s.cmd.Env = append(os.Environ(), s.env...)
+	}
 	s.log.Reset()
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
 	if err := s.cmd.Start(); err != nil {

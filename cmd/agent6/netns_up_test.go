@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,4 +92,44 @@ func TestSecondUpHarmsNothing(t *testing.T) {
 	}
 	a.stop(t)
 	b.stop(t)
+}
+
+// TestSidecarNotify runs `agent6 up` as systemd runs a Type=notify
+// service: it says READY=1 once it answers, and STOPPING=1 on SIGTERM.
+func TestSidecarNotify(t *testing.T) {
+	requireNetns(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bin := buildAgent6(t)
+	pair, err := netns.NewPair(ctx, "a6n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pair.Close()
+	notify := filepath.Join(t.TempDir(), "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	read := func() string {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("no message from agent6 up: %v", err)
+		}
+		return string(buf[:n])
+	}
+	a := newSidecar(t, bin, pair.A)
+	a.env = []string{"NOTIFY_SOCKET=" + notify}
+	a.start(t, "") // returns once agent6 wait saw the LocalAPI answer
+	if got := read(); got != "READY=1" {
+		t.Fatalf("agent6 up told systemd %q, want READY=1", got)
+	}
+	a.stop(t)
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("agent6 up told systemd %q on SIGTERM, want STOPPING=1", got)
+	}
 }

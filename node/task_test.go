@@ -341,6 +341,10 @@ func TestCloseDuringDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	before, err := a.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dialed := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -351,9 +355,12 @@ func TestCloseDuringDelivery(t *testing.T) {
 		}
 		dialed <- err
 	}()
-	waitFor(t, 5*time.Second, "the task's first packet held for delivery", func() bool {
+	// The task's first packet is held, and the delivery has begun: its
+	// first frame to the ghost has left (the only packet a lone node
+	// sends into the tunnel).
+	waitFor(t, 5*time.Second, "the task's first packet held and its delegation sent", func() bool {
 		st, err := a.Status()
-		return err == nil && st.Filter.Held > 0
+		return err == nil && st.Filter.Held > 0 && st.Filter.OutPackets > before.Filter.OutPackets
 	})
 	start := time.Now()
 	if err := a.Close(); err != nil {

@@ -418,9 +418,10 @@ func addrOf(network string, ap netip.AddrPort) net.Addr {
 }
 
 // held reports, as an error wrapping ErrUnknownAddr, that no agent this
-// node knows holds addr: not this node or its tasks, not an agent or task
-// membership knows (an agent being admitted counts: its packets wait for
-// it), not a static peer.
+// node knows holds addr: not this node or its tasks, nothing in
+// membership's identity table (an agent being admitted counts: its
+// packets wait for it; one that left, was revoked or expired does not),
+// not a static peer.
 func (n *Node) held(dev *overlay.Device, addr netip.Addr) error {
 	if addr == n.addr {
 		return nil
@@ -430,14 +431,11 @@ func (n *Node) held(dev *overlay.Device, addr netip.Addr) error {
 	}
 	why := "no peer has it"
 	if m := n.Membership(); m != nil {
-		if _, ok := m.LookupTask(addr); ok {
-			return nil
-		}
 		why = "membership has not heard of it yet"
-		if mb, ok := m.Lookup(addr); ok {
-			switch mb.State {
-			case "left", "revoked", "expired":
-				why = "the agent that held it is " + mb.State
+		if h, ok := m.Resolve(addr); ok {
+			switch s := h.Member.State; s { // for a peer's task, its owner's
+			case membership.StateLeft.String(), membership.StateRevoked.String(), membership.StateExpired.String():
+				why = "the agent that held it is " + s
 			default:
 				return nil
 			}

@@ -26,8 +26,9 @@ type TaskSpec struct {
 	Sensitivity string   // e.g. "low", "pii"
 	Scope       []string // what the task may reach (enforced by policy)
 	Budget      identity.Budget
-	// TTL is how long the task lives; 0 means one hour. A sub-agent cannot
-	// outlive its parent.
+	// TTL is how long the task lives; 0 means one hour, cut to what the
+	// bounds allow. A task cannot outlive the node's credential, nor a
+	// sub-agent its parent: a longer TTL is refused (ErrTaskTTL).
 	TTL time.Duration
 	// Parent, if set, makes this a sub-agent of that task, one level
 	// deeper (at most identity.MaxDelegationDepth). A sub-agent's scope
@@ -52,10 +53,11 @@ type Task struct {
 	chain  [][]byte // delegation links (identity.Link encodings), root first
 	parent *Task
 
-	mu        sync.Mutex // guards delivered, ended
+	mu        sync.Mutex // guards delivered, ended, live, timer
 	delivered map[netip.Addr]bool
 	ended     bool
-	timer     *time.Timer
+	live      bool        // its address is on the node
+	timer     *time.Timer // the expiry; nil until the task is live
 }
 
 // Errors for tasks.
@@ -66,27 +68,39 @@ var (
 	ErrTaskWider  = errors.New("node: a sub-agent must lie within its parent's scope, budget and life")
 	ErrTaskEnded  = errors.New("node: task ended")
 	ErrTaskExists = errors.New("node: a task with this ID is already running")
+	// ErrTaskTTL reports a TTL that would outlive the node's credential or
+	// the parent task.
+	ErrTaskTTL = errors.New("node: a task cannot outlive the node's credential or its parent task")
 )
 
 // StartTask mints a key for a task, signs its delegation and gives the
 // node its address. The first packet from the task to each peer is held
 // until that peer holds the delegation (delivered directly, one round
-// trip), then flows.
+// trip), then flows. A task lives at most as long as the node's credential
+// and a sub-agent at most as long as its parent: the default TTL is cut
+// to that, and a longer TTL asked for is refused with ErrTaskTTL.
 func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	if _, err := n.running(); err != nil {
 		return nil, fmt.Errorf("node: start task: %w", err)
 	}
-	if n.Membership() == nil {
+	m := n.Membership()
+	if m == nil {
 		return nil, ErrNoMembership
 	}
-	notAfter := time.Now().Add(spec.TTL).UTC()
-	if spec.TTL <= 0 {
-		// The default: an hour, or what is left of the agent's
-		// credential, beyond which peers refuse the delegation.
-		notAfter = time.Now().Add(time.Hour).UTC()
-		if end := n.Membership().Credential().NotAfter; end.Before(notAfter) {
-			notAfter = end
+	if p := spec.Parent; p != nil {
+		if p.n != n {
+			return nil, errors.New("node: parent task belongs to another node")
 		}
+		if p.Ended() {
+			return nil, fmt.Errorf("node: parent task: %w", ErrTaskEnded)
+		}
+		if p.info.Depth >= identity.MaxDelegationDepth {
+			return nil, ErrTaskDepth
+		}
+	}
+	notAfter, err := taskEnd(time.Now(), spec.TTL, m.Credential().NotAfter, spec.Parent)
+	if err != nil {
+		return nil, err
 	}
 	id := spec.ID
 	if id == "" {
@@ -105,25 +119,13 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	}
 	d := identity.Delegation{
 		Child: key.Public(), Owner: n.key.Public(), Class: spec.Class, Sensitivity: spec.Sensitivity,
-		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: notAfter,
+		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: notAfter.UTC(),
 		Pseudonym: pseudonym, TraceID: trace,
 	}
 	signer := n.key
 	var chain [][]byte
 	if p := spec.Parent; p != nil {
-		if p.n != n {
-			return nil, errors.New("node: parent task belongs to another node")
-		}
-		if p.Ended() {
-			return nil, fmt.Errorf("node: parent task: %w", ErrTaskEnded)
-		}
-		if p.info.Depth >= identity.MaxDelegationDepth {
-			return nil, ErrTaskDepth
-		}
 		d.Depth = p.info.Depth + 1
-		if d.NotAfter.After(p.info.NotAfter) {
-			d.NotAfter = p.info.NotAfter
-		}
 		if !spec.TraceID.IsZero() && spec.TraceID != p.info.TraceID {
 			return nil, fmt.Errorf("node: a sub-agent belongs to its parent's trace %s, not %s", p.info.TraceID, spec.TraceID)
 		}
@@ -145,15 +147,12 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 		return nil, err
 	}
 	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, link.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
-	// The expiry timer exists before anyone else can see the task.
-	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
 	// Register first, so that the same ID cannot start twice (its
 	// pseudonym, the task's public name, would be ambiguous).
 	n.mu.Lock()
 	for _, o := range n.tasks {
 		if o.info.Pseudonym == pseudonym {
 			n.mu.Unlock()
-			t.timer.Stop()
 			return nil, fmt.Errorf("%w (as %s)", ErrTaskExists, pseudonym)
 		}
 	}
@@ -163,19 +162,55 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	n.tasks[t.addr] = t
 	n.mu.Unlock()
 	if err := n.addTaskAddr(t.addr); err != nil {
-		t.timer.Stop()
+		t.mu.Lock()
+		t.ended = true
+		t.mu.Unlock()
 		n.mu.Lock()
 		delete(n.tasks, t.addr)
 		n.mu.Unlock()
 		return nil, err
 	}
+	// The expiry timer starts once the task is whole: registered, with its
+	// address. An End in between (through n.Tasks) found no address to
+	// remove, so the address goes here.
+	t.mu.Lock()
+	t.live = true
+	ended := t.ended
+	if !ended {
+		t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
+	}
+	t.mu.Unlock()
+	if ended {
+		n.removeTaskAddr(t.addr)
+	}
 	n.log.Info("task started", "task", t.addr, "class", d.Class, "depth", d.Depth, "expires", d.NotAfter)
 	return t, ctx.Err()
 }
 
-// addTaskAddr makes a one of this node's addresses: in the identity
-// table (which refuses an address another holds), on the TUN or netstack,
-// and in the filter.
+// taskEnd returns when a task started at now with ttl ends: at now+ttl,
+// or for a zero ttl in an hour, but never after the node's credential
+// (credEnd) or the parent task. A ttl that would end it later is an error
+// naming both times.
+func taskEnd(now time.Time, ttl time.Duration, credEnd time.Time, parent *Task) (time.Time, error) {
+	limit, bound := credEnd, "the node's credential"
+	if parent != nil && parent.info.NotAfter.Before(limit) {
+		limit, bound = parent.info.NotAfter, "its parent task"
+	}
+	if ttl <= 0 {
+		end := now.Add(time.Hour)
+		if end.After(limit) {
+			end = limit
+		}
+		return end, nil
+	}
+	end := now.Add(ttl)
+	if end.After(limit) {
+		return time.Time{}, fmt.Errorf("%w: TTL %s would end it at %s, after %s, which ends at %s",
+			ErrTaskTTL, ttl, end.UTC().Format(time.RFC3339), bound, limit.UTC().Format(time.RFC3339))
+	}
+	return end, nil
+}
+
 // inheritBudget fills each limit b leaves open (zero) with parent's.
 func inheritBudget(b, parent identity.Budget) identity.Budget {
 	if b.Rate == 0 {
@@ -190,6 +225,9 @@ func inheritBudget(b, parent identity.Budget) identity.Budget {
 	return b
 }
 
+// addTaskAddr makes a one of this node's addresses: in the identity
+// table (which refuses an address another holds), on the TUN or netstack,
+// and in the filter.
 func (n *Node) addTaskAddr(a netip.Addr) error {
 	m := n.Membership()
 	if m != nil {
@@ -271,15 +309,18 @@ func (t *Task) End() error {
 	for p := range t.delivered {
 		peers = append(peers, p)
 	}
+	live, timer := t.live, t.timer
 	t.mu.Unlock()
-	t.timer.Stop()
+	if timer != nil {
+		timer.Stop()
+	}
 	n := t.n
 	n.mu.Lock()
 	delete(n.tasks, t.addr)
 	closed := n.closed
 	n.mu.Unlock()
-	if closed {
-		return nil
+	if closed || !live {
+		return nil // StartTask removes the address it is adding
 	}
 	n.removeTaskAddr(t.addr)
 	if m := n.Membership(); m != nil {
@@ -291,16 +332,21 @@ func (t *Task) End() error {
 	return nil
 }
 
-// Dial connects from the task's address.
+// Dial connects from the task's address. An address that no agent the
+// node knows holds fails at once with an error wrapping ErrUnknownAddr.
 func (t *Task) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	if t.Ended() {
 		return nil, ErrTaskEnded
 	}
-	ap, err := parseOverlayAddrPort(address)
-	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-	}
 	n := t.n
+	dev, err := n.running()
+	if err != nil {
+		return nil, fmt.Errorf("node: dial: %w", err)
+	}
+	ap, err := n.dialTarget(dev, network, address)
+	if err != nil {
+		return nil, err
+	}
 	from := netip.AddrPortFrom(t.addr, 0)
 	switch network {
 	case "tcp", "tcp6":

@@ -768,23 +768,15 @@ func stateName(s memberlist.NodeStateType) string {
 }
 
 // memberlist logs through a *log.Logger with "[LEVEL] memberlist: ..."
-// lines; route them to slog at their level.
-type mlWriter struct{ log *slog.Logger }
+// lines; mlWriter routes them to slog, rate-limited (see mllog.go).
+type mlWriter struct{ *mlLog }
 
-func newMemberlistLogger(l *slog.Logger) *stdlog.Logger { return stdlog.New(mlWriter{l}, "", 0) }
+func newMemberlistLogger(l *slog.Logger) *stdlog.Logger {
+	return stdlog.New(mlWriter{newMLLog(l)}, "", 0)
+}
 
 func (w mlWriter) Write(p []byte) (int, error) {
-	msg := string(bytes.TrimSpace(p))
-	level := slog.LevelDebug
-	switch {
-	case bytes.Contains(p, []byte("[ERR]")):
-		level = slog.LevelError
-	case bytes.Contains(p, []byte("[WARN]")):
-		level = slog.LevelWarn
-	case bytes.Contains(p, []byte("[INFO]")):
-		level = slog.LevelInfo
-	}
-	w.log.Log(context.Background(), level, msg)
+	w.write(string(bytes.TrimSpace(p)))
 	return len(p), nil
 }
 

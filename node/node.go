@@ -502,7 +502,8 @@ func (n *Node) listenPacket(network string, ap netip.AddrPort) (net.PacketConn, 
 }
 
 // Listen listens for TCP connections ("tcp", "tcp6") on address, which is
-// ":port" or "[this-node's-address]:port". Close closes the listener too.
+// ":port", "[this-node's-address]:port" or the address of one of its
+// running tasks (Task.Listen). Close closes the listener too.
 func (n *Node) Listen(network, address string) (net.Listener, error) {
 	ap, err := n.localAddrPort(address)
 	if err != nil {
@@ -520,7 +521,8 @@ func (n *Node) Listen(network, address string) (net.Listener, error) {
 }
 
 // ListenPacket listens for UDP datagrams ("udp", "udp6") on address, which
-// is ":port" or "[this-node's-address]:port". Close closes it too.
+// is ":port", "[this-node's-address]:port" or a task's (Task.ListenPacket).
+// Close closes it too.
 func (n *Node) ListenPacket(network, address string) (net.PacketConn, error) {
 	ap, err := n.localAddrPort(address)
 	if err != nil {
@@ -599,9 +601,11 @@ func (n *Node) localAddrPort(address string) (netip.AddrPort, error) {
 		if err != nil {
 			return netip.AddrPort{}, fmt.Errorf("%w: %q", ErrNotLocal, host)
 		}
-		if a.Unmap() != local {
+		a = a.Unmap()
+		if _, task := n.Task(a); a != local && !task {
 			return netip.AddrPort{}, fmt.Errorf("%w: %s (this node is %s)", ErrNotLocal, a, local)
 		}
+		local = a
 	}
 	return netip.AddrPortFrom(local, uint16(port)), nil
 }

@@ -124,6 +124,28 @@ func TestTaskAcrossNodes(t *testing.T) {
 	if sub.Expires().After(task.Expires()) {
 		t.Fatal("sub-agent outlives its parent")
 	}
+	// The task serves too, on its own address: the tool, which holds its
+	// delegation, connects to it and its WhoIs names the tool.
+	tln, err := task.Listen("tcp", ":81")
+	if err != nil {
+		t.Fatalf("task listen: %v", err)
+	}
+	defer tln.Close()
+	go func() {
+		if c, err := tln.Accept(); err == nil {
+			fmt.Fprint(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
+			c.Close()
+		}
+	}()
+	tc, err := tool.Dial(ctx, "tcp", netip.AddrPortFrom(task.Addr(), 81).String())
+	if err != nil {
+		t.Fatalf("dial a task's listener: %v", err)
+	}
+	b, _ := io.ReadAll(tc)
+	tc.Close()
+	if string(b) != tool.Addr().String() {
+		t.Fatalf("the task's listener saw %q, want %s", b, tool.Addr())
+	}
 
 	// Ending the task removes it at the peer.
 	task.End()

@@ -129,10 +129,10 @@ type relayed struct {
 }
 
 type relayPair struct {
-	to                         *relayed
-	lim                        *rate.Limiter
-	packets, bytes, throttled  uint64 // guarded by the source's mu
-	last                       time.Time
+	to                        *relayed
+	lim                       *rate.Limiter
+	packets, bytes, throttled uint64 // guarded by the source's mu
+	last                      time.Time
 }
 
 // NewRelay makes the node behind b a member relay.
@@ -408,7 +408,7 @@ func (r *Relay) Stats() RelayStats {
 
 // RelayPairStats is what the relay forwarded from one node to another.
 type RelayPairStats struct {
-	From, To                   identity.WGPublicKey
+	From, To                  identity.WGPublicKey
 	Packets, Bytes, Throttled uint64
 }
 

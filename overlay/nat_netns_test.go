@@ -3,7 +3,9 @@ package overlay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -459,12 +461,221 @@ func TestNATHolePunch(t *testing.T) {
 	})
 	t.Logf("punched through in %v: a→b %+v", time.Since(start).Round(time.Millisecond), pathOf(a, b).Endpoint)
 	before := pairBytes(r.relay, a.pub(), b.pub())
-	const size = 4 << 20
+	const size = 2 << 20
 	transfer(t, ctx, a, b, size, nil)
 	if after := pairBytes(r.relay, a.pub(), b.pub()); after-before > 4096 {
 		t.Fatalf("the relay forwarded %d bytes of a %d-byte transfer after punching", after-before, size)
 	}
 	if st := pathOf(a, b); st.Path != PathDirect || st.Upgrades == 0 {
 		t.Fatalf("after the transfer: %+v", st)
+	}
+}
+
+// iperf runs iperf3 for secs from a to b's overlay address (kernel TUN
+// nodes) and returns the receiver's bits a second.
+func iperf(tb testing.TB, ctx context.Context, a, b *natNode, secs int) float64 {
+	tb.Helper()
+	srv := b.ns.Command(ctx, "iperf3", "-s", "-1", "-B", b.pub().Addr().String())
+	var slog bytes.Buffer
+	srv.Stdout, srv.Stderr = &slog, &slog
+	if err := srv.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var out []byte
+	var err error
+	for range 20 { // until the server listens
+		out, err = a.ns.Run(ctx, "iperf3", "-c", b.pub().Addr().String(), "-t", fmt.Sprint(secs), "-J")
+		if err == nil || !strings.Contains(string(out), "connect") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		tb.Fatalf("iperf3: %v\n%s\nserver: %s", err, out, slog.String())
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
+		tb.Fatalf("iperf3 output: %v\n%s", err, out)
+	}
+	return r.End.SumReceived.BitsPerSecond
+}
+
+// pingOverlay pings b's overlay address from a until one answer comes.
+func pingOverlay(tb testing.TB, ctx context.Context, a, b *natNode) {
+	tb.Helper()
+	for ctx.Err() == nil {
+		if _, err := a.ns.Run(ctx, "ping", "-6", "-c1", "-W1", b.pub().Addr().String()); err == nil {
+			return
+		}
+	}
+	tb.Fatalf("no ping answer from %s: %v", b.ns.Name, ctx.Err())
+}
+
+// Both agents behind endpoint-dependent NAT cannot punch through; their
+// traffic goes through the member relay, and, with the relay off and
+// TURN configured, through coturn; iperf3 runs across both.
+func TestNATSymmetricRelayAndTURN(t *testing.T) {
+	requireNAT(t, "iperf3", "ping")
+	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	defer cancel()
+	in := newInternet(t, ctx)
+	ha := addHome(t, ctx, in, "a", netns.EndpointDependent)
+	hb := addHome(t, ctx, in, "b", netns.EndpointDependent)
+	var members sync.Map
+	r := startNAT(t, addPublic(t, ctx, in, "r"), natOpts{admitted: func(k identity.WGPublicKey) bool { _, ok := members.Load(k); return ok }})
+	turn := startCoturn(t, ctx, in.Core, r)
+
+	cfg := &PathsConfig{Relays: []RelayServer{r.server()}}
+	a, b := startNAT(t, ha.Host, natOpts{tun: true, paths: cfg}), startNAT(t, hb.Host, natOpts{tun: true, paths: cfg})
+	members.Store(a.pub(), true)
+	members.Store(b.pub(), true)
+	ra, rb := a.reflexive(t, ctx, turn.addr), b.reflexive(t, ctx, turn.addr)
+	a.manage(t, b, PeerPaths{Candidates: []netip.AddrPort{rb}})
+	b.manage(t, a, PeerPaths{Candidates: []netip.AddrPort{ra}})
+	a.paths.Punch(b.pub(), nil)
+	b.paths.Punch(a.pub(), nil)
+	pingOverlay(t, ctx, a, b)
+	relayed := iperf(t, ctx, a, b, 3)
+	if st := pathOf(a, b); st.Path != PathRelay {
+		t.Fatalf("a→b: %+v, want the member relay", st)
+	}
+	if n := pairBytes(r.relay, a.pub(), b.pub()); n < 1<<20 {
+		t.Fatalf("the relay forwarded %d bytes", n)
+	}
+	t.Logf("member relay: iperf3 %.0f Mbit/s", relayed/1e6)
+
+	// The relay off, TURN on: new agents in the same homes.
+	r.close()
+	a.close()
+	b.close()
+	tcfg := &PathsConfig{TURN: turn.config()}
+	a, b = startNAT(t, ha.Host, natOpts{tun: true, paths: tcfg}), startNAT(t, hb.Host, natOpts{tun: true, paths: tcfg})
+	waitFor(t, ctx, "TURN allocations", func() bool { return a.paths.Local().TURN.IsValid() && b.paths.Local().TURN.IsValid() })
+	a.manage(t, b, PeerPaths{Candidates: []netip.AddrPort{rb}, TURN: b.paths.Local().TURN})
+	b.manage(t, a, PeerPaths{Candidates: []netip.AddrPort{ra}, TURN: a.paths.Local().TURN})
+	pingOverlay(t, ctx, a, b)
+	viaTURN := iperf(t, ctx, a, b, 3)
+	if st := pathOf(a, b); st.Path != PathTURN || st.Endpoint != b.paths.Local().TURN {
+		t.Fatalf("a→b: %+v, want TURN to %v", st, b.paths.Local().TURN)
+	}
+	t.Logf("TURN: iperf3 %.0f Mbit/s", viaTURN/1e6)
+}
+
+// A NAT mapping that changes mid-flow (the router's conntrack flushed:
+// under --random-fully the next datagram leaves from a new port) is
+// recovered without anyone's help: the relay refuses the unknown source,
+// the agent binds again from there, and a TCP transfer under way
+// completes.
+func TestNATMappingChange(t *testing.T) {
+	requireNAT(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	in := newInternet(t, ctx)
+	ha := addHome(t, ctx, in, "a", netns.EndpointDependent)
+	hb := addHome(t, ctx, in, "b", netns.EndpointDependent)
+	var members sync.Map
+	r := startNAT(t, addPublic(t, ctx, in, "r"), natOpts{admitted: func(k identity.WGPublicKey) bool { _, ok := members.Load(k); return ok }})
+	cfg := &PathsConfig{Relays: []RelayServer{r.server()}}
+	a, b := startNAT(t, ha.Host, natOpts{paths: cfg}), startNAT(t, hb.Host, natOpts{paths: cfg})
+	members.Store(a.pub(), true)
+	members.Store(b.pub(), true)
+	a.manage(t, b, PeerPaths{})
+	b.manage(t, a, PeerPaths{})
+	firstPacket(t, ctx, a, b)
+	before := a.paths.Local().Relays[0].Observed
+	transfer(t, ctx, a, b, 8<<20, func() {
+		if err := ha.FlushConntrack(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	after := a.paths.Local().Relays[0].Observed
+	if after == before {
+		t.Fatalf("a's address at the relay is still %v after the flush: the mapping did not change", after)
+	}
+	if st := a.paths.Stats(); st.RelayRefusals == 0 {
+		t.Fatalf("stats %+v: the relay never refused the new mapping", st)
+	}
+	t.Logf("a's mapping moved from %v to %v; relay %+v", before, after, r.relay.Stats())
+}
+
+// A relay refuses a node that is not a member before any cryptography,
+// and a flood from one (bindings and sends) leaves members' relayed
+// traffic whole: nothing of theirs is dropped or throttled.
+func TestNATRelayRefusesNonMember(t *testing.T) {
+	requireNAT(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	in := newInternet(t, ctx)
+	ha := addHome(t, ctx, in, "a", netns.EndpointDependent)
+	hb := addHome(t, ctx, in, "b", netns.EndpointDependent)
+	hc := addHome(t, ctx, in, "c", netns.EndpointIndependent)
+	var members sync.Map
+	r := startNAT(t, addPublic(t, ctx, in, "r"), natOpts{admitted: func(k identity.WGPublicKey) bool { _, ok := members.Load(k); return ok }})
+	cfg := &PathsConfig{Relays: []RelayServer{r.server()}}
+	a, b := startNAT(t, ha.Host, natOpts{paths: cfg}), startNAT(t, hb.Host, natOpts{paths: cfg})
+	c := startNAT(t, hc.Host, natOpts{paths: cfg}) // a node the relay does not serve
+	members.Store(a.pub(), true)
+	members.Store(b.pub(), true)
+	a.manage(t, b, PeerPaths{})
+	b.manage(t, a, PeerPaths{})
+	c.manage(t, b, PeerPaths{})
+	firstPacket(t, ctx, a, b)
+	waitFor(t, ctx, "c refused", func() bool { return r.relay.Stats().Refused["not_admitted"] > 0 })
+	if c.paths.Local().Relays[0].Bound {
+		t.Fatal("the relay bound a non-member")
+	}
+
+	// The flood: binding requests under c's key and sends from an
+	// unbound address, as fast as one goroutine can, for the transfer.
+	var sock *net.UDPConn
+	if err := hc.Host.Do(func() (err error) {
+		sock, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(r.public()))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	var mac [32]byte
+	bindFrame := appendBind(nil, &mac, c.pub(), uint64(time.Now().UnixNano()))
+	sendFrame := append(appendRelayHeader(nil, frameSend, tagOf(b.pub())), make([]byte, 1200)...)
+	stop := make(chan struct{})
+	var flooded sync.WaitGroup
+	var sent int
+	flooded.Go(func() {
+		// 20 000 datagrams a second: a flood for the relay's logic, not
+		// one that starves the two shared cores the test runs on.
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		deadline := time.Now().Add(30 * time.Second) // bounded whatever happens
+		for time.Now().Before(deadline) {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			for range 10 {
+				sock.Write(bindFrame)
+				sock.Write(sendFrame)
+				sent += 2
+			}
+		}
+	})
+	transfer(t, ctx, a, b, 2<<20, nil)
+	close(stop)
+	flooded.Wait()
+	st := r.relay.Stats()
+	t.Logf("flood of %d datagrams; relay %+v", sent, st)
+	if st.Refused["not_admitted"] < 10 || st.Refused["unbound"] < 10 || st.Throttled != 0 {
+		t.Fatalf("relay stats %+v after a flood of %d", st, sent)
+	}
+	if n := pairBytes(r.relay, a.pub(), b.pub()); n < 2<<20 {
+		t.Fatalf("the relay forwarded %d bytes between the members", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -62,6 +63,7 @@ type natOpts struct {
 	tun      bool // kernel TUN "agent6" (for iperf3) instead of a netstack
 	paths    *PathsConfig
 	admitted func(identity.WGPublicKey) bool // non-nil: a member relay
+	log      *slog.Logger
 }
 
 func startNAT(tb testing.TB, ns *netns.NS, o natOpts) *natNode {
@@ -71,7 +73,7 @@ func startNAT(tb testing.TB, ns *netns.NS, o natOpts) *natNode {
 	err := ns.Do(func() error {
 		var backend interface{ Close() error }
 		addr := n.key.Public().Addr()
-		var cfg = Config{PrivateKey: n.key, ListenPort: wgPort, Bind: n.bind}
+		var cfg = Config{PrivateKey: n.key, ListenPort: wgPort, Bind: n.bind, Logger: o.log}
 		if o.tun {
 			tdev, err := CreateKernelTUN("agent6", 1420, addr)
 			if err != nil {

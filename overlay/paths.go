@@ -219,6 +219,11 @@ func (p *Paths) Close() error {
 	}
 	p.wg.Wait()
 	p.b.paths.CompareAndSwap(p, nil)
+	p.mu.Lock()
+	for _, e := range p.peers {
+		e.cur.Store(nil) // WireGuard may hold e still: it has no path now
+	}
+	p.mu.Unlock()
 	return nil
 }
 
@@ -738,7 +743,11 @@ func (p *Paths) learn(e *peerEndpoint, from netip.AddrPort) {
 	e.direct = append(e.direct, s)
 	p.counters.learned.Add(1)
 	p.rebuild()
-	p.ping(e, s, time.Now())
+	now := time.Now()
+	p.ping(e, s, now)
+	// A peer with no path now has one to try: WireGuard's answer to the
+	// handshake that follows this ping must not wait for the pong.
+	p.choose(e, now)
 }
 
 // sendVia sends a path frame to e over v.

@@ -112,6 +112,9 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	for i := 0; i < len(bufs); i++ {
 		switch handshakeType(bufs[i]) {
 		case wgInitiation:
+			if pe, ok := ep.(*peerEndpoint); ok {
+				pe.noteInit(bufs[i])
+			}
 			if !b.hs.initiated(bufs[i], ep, time.Now()) {
 				bufs = append(bufs[:i:i], bufs[i+1:]...) // a copy: the caller's slice stays whole
 				i--

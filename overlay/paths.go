@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -238,6 +239,10 @@ type peerEndpoint struct {
 	cur    atomic.Pointer[route]
 	lastTx atomic.Int64 // unix ns
 	lastRx atomic.Int64
+
+	initMu   sync.Mutex
+	lastInit []byte    // WireGuard's last handshake initiation to the peer
+	initAt   time.Time // when it was sent
 
 	// Manager state, guarded by Paths.mu.
 	known      bool // SetPeer has been called
@@ -940,6 +945,34 @@ func (p *Paths) choose(e *peerEndpoint, now time.Time) {
 	if next != nil {
 		p.log.Debug("path", "peer", e.key.ShortString(), "path", next.kind, "endpoint", next.to)
 	}
+	if next != nil && next.path != nil && (prev == nil || prev.path == nil) {
+		p.resendInit(e)
+	}
+}
+
+// noteInit keeps WireGuard's handshake initiation to e.
+func (e *peerEndpoint) noteInit(b []byte) {
+	e.initMu.Lock()
+	e.lastInit = append(e.lastInit[:0], b...)
+	e.initAt = time.Now()
+	e.initMu.Unlock()
+}
+
+// resendInit sends WireGuard's last initiation to e again on the path
+// just confirmed, if it is recent: sent before any path was, it was
+// probably lost (a punching NAT drops what comes before its own host
+// has sent), and WireGuard would retry only after 5 s. If it was not
+// lost, the peer refuses the copy as a replay.
+func (p *Paths) resendInit(e *peerEndpoint) {
+	e.initMu.Lock()
+	pkt := bytes.Clone(e.lastInit)
+	at := e.initAt
+	e.initMu.Unlock()
+	if pkt == nil || time.Since(at) >= rekeyTimeout {
+		return
+	}
+	p.counters.resentInits.Add(1)
+	_ = p.send(e, [][]byte{pkt})
 }
 
 // PingResult is the answer to a ping: the path it took and its round trip.
@@ -1085,6 +1118,7 @@ type pathCounters struct {
 	pings, pongs, pingsSent, learned, punches, upgrades, fallbacks   atomic.Uint64
 	malformed, unknownPeer, badMAC, unsolicited, pongsLimited        atomic.Uint64
 	notFromRelay, noPath, injectDrops, relayRefusals, relayRebinding atomic.Uint64
+	resentInits                                                      atomic.Uint64
 }
 
 // PathsStats counts what Paths did and refused.
@@ -1098,6 +1132,9 @@ type PathsStats struct {
 	NoPath                                                                  uint64 // datagrams for a peer with no path
 	InjectDrops                                                             uint64 // TURN datagrams dropped on a full queue
 	RelayRefusals                                                           uint64 // sends a relay refused
+	// ResentInits counts WireGuard initiations sent again when a peer's
+	// first path was confirmed.
+	ResentInits uint64
 }
 
 // Stats reports the counters.
@@ -1109,5 +1146,6 @@ func (p *Paths) Stats() PathsStats {
 		Malformed: c.malformed.Load(), UnknownPeer: c.unknownPeer.Load(), BadMAC: c.badMAC.Load(),
 		Unsolicited: c.unsolicited.Load(), PongsLimited: c.pongsLimited.Load(), NotFromRelay: c.notFromRelay.Load(),
 		NoPath: c.noPath.Load(), InjectDrops: c.injectDrops.Load(), RelayRefusals: c.relayRefusals.Load(),
+		ResentInits: c.resentInits.Load(),
 	}
 }

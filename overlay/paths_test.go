@@ -307,6 +307,11 @@ func TestPathsRelay(t *testing.T) {
 	if p, err := pa.Ping(ctx, b.key.Public()); err != nil || p.Path != PathRelay {
 		t.Fatalf("ping: %+v, %v", p, err)
 	}
+	// c binds from the start, every second; its first request may still
+	// be on its way.
+	for relay.Stats().Refused["not_admitted"] == 0 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
 	rs := relay.Stats()
 	if rs.Clients != 2 || rs.Forwarded == 0 || rs.Refused["not_admitted"] == 0 {
 		t.Fatalf("relay stats %+v; want a and b bound, c refused", rs)

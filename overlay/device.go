@@ -49,6 +49,10 @@ type PeerConfig struct {
 	AllowedIPs []netip.Prefix
 	// PersistentKeepalive, if non-zero, keeps NAT mappings open.
 	PersistentKeepalive time.Duration
+	// Managed hands the peer's endpoint to the Bind's Paths (a *Bind with
+	// NewPaths on it): WireGuard's endpoint is then the peer itself, and
+	// each datagram takes the path Paths chooses. Endpoint must be zero.
+	Managed bool
 }
 
 // PeerStats is what the device reports of one peer.
@@ -189,7 +193,12 @@ func (d *Device) SetPeer(p PeerConfig) error {
 	raw := p.PublicKey.Raw()
 	var b strings.Builder
 	fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(raw[:]))
-	if p.Endpoint.IsValid() {
+	switch {
+	case p.Managed && p.Endpoint.IsValid():
+		return fmt.Errorf("overlay: peer %s: a managed peer has no fixed endpoint", p.PublicKey.ShortString())
+	case p.Managed:
+		fmt.Fprintf(&b, "endpoint=%s\n", ManagedEndpoint(p.PublicKey))
+	case p.Endpoint.IsValid():
 		fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 	}
 	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.PersistentKeepalive/time.Second))
@@ -211,8 +220,13 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
 	}
 	d.allowed[p.PublicKey] = want
-	if b, ok := d.bind.(*Bind); ok && have == nil && p.Endpoint.IsValid() {
-		b.hs.redeliver(p.Endpoint, time.Now())
+	if b, ok := d.bind.(*Bind); ok && have == nil {
+		switch {
+		case p.Endpoint.IsValid():
+			b.hs.redeliver(p.Endpoint, time.Now())
+		case p.Managed:
+			b.hs.redeliver(netip.AddrPortFrom(p.PublicKey.Addr(), 0), time.Now())
+		}
 	}
 	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint, "allowed", len(want))
 	return nil

@@ -100,10 +100,14 @@ func handshakeType(b []byte) byte {
 
 // endpointAddr is ep's address, IPv4-mapped IPv6 unmapped, so that the
 // endpoint WireGuard sends to and the source it hears from compare equal.
+// A peer whose paths the Bind manages is keyed by its overlay address,
+// whatever path its messages take.
 func endpointAddr(ep conn.Endpoint) (netip.AddrPort, bool) {
 	var ap netip.AddrPort
 	if e, ok := ep.(*conn.StdNetEndpoint); ok {
 		ap = e.AddrPort
+	} else if e, ok := ep.(*peerEndpoint); ok {
+		return e.hsKey, true
 	} else {
 		var err error
 		if ap, err = netip.ParseAddrPort(ep.DstToString()); err != nil {

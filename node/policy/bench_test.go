@@ -134,7 +134,7 @@ func BenchmarkEvaluateUnsliced(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				ev := evaluator{r: r}
-				ev.build()
+				ev.build("example.org")
 				if dec, _ := cedar.Authorize(policySubset{ps: d.c.policies}, &ev.ents, ev.creq); dec != cedar.Allow {
 					b.Fatal("denied")
 				}

@@ -162,6 +162,9 @@ type budgetSpec struct {
 // and nil error mean no budget applies. A refusal is a *BudgetError
 // wrapping ErrBudgetExceeded, and charges nothing.
 func (a *Accounting) Admit(r *Request, d *Decision, dir Direction, now time.Time) (*Charge, error) {
+	if !d.Allow {
+		return nil, fmt.Errorf("policy: admit: the decision denies the flow (%s)", d.Reason)
+	}
 	var specBuf [8]budgetSpec
 	specs := specBuf[:0]
 	if dir == Outbound {

@@ -212,6 +212,12 @@ func TestLedgerTableBounded(t *testing.T) {
 
 // TestSweepDropsRetiredPolicies: once a policy leaves the document in
 // force, its budgets go.
+func TestAdmitNeedsAllow(t *testing.T) {
+	if _, err := NewAccounting(AccountingConfig{}).Admit(connect(AgentParty(planner), AgentParty(quotes), ProtoTCP, 1), &Decision{}, Outbound, t0); err == nil || errors.Is(err, ErrBudgetExceeded) {
+		t.Errorf("a denied flow: %v", err)
+	}
+}
+
 func TestSweepDropsRetiredPolicies(t *testing.T) {
 	e := engineWith(t, mustCompile(t, "example.org", 1, `@id("a") @fan_out("5") permit (principal, action, resource);`, nil))
 	a := NewAccounting(AccountingConfig{Engine: e})

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	cedar "github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
@@ -152,6 +153,7 @@ func compile(src, doc string) (*compiled, error) {
 			if m := errPosition.FindStringSubmatch(err.Error()); m != nil {
 				l, _ := strconv.Atoi(m[1])
 				col, _ := strconv.Atoi(m[2])
+				l, col = blameToken(ch.text, err.Error(), l, col)
 				pos := ch.position(l, col)
 				e.Line, e.Column = pos.Line, pos.Column
 			} else {
@@ -210,9 +212,50 @@ func compile(src, doc string) (*compiled, error) {
 	return c, nil
 }
 
+var gotWant = regexp.MustCompile(`exact got (.+) want (.*)$`)
+
+// blameToken moves the position of a cedar-go "exact got X want Y" error,
+// which names the token after X (the parser has already moved past X), back
+// to X itself, found as the last occurrence of its text before the
+// reported place. Other errors keep their position.
+func blameToken(text, msg string, line, col int) (int, int) {
+	m := gotWant.FindStringSubmatch(msg)
+	if m == nil || m[1] == "" {
+		return line, col
+	}
+	// The byte offset of line:col (col counts runes).
+	off, l, c := 0, 1, 1
+	for off < len(text) && (l < line || (l == line && c < col)) {
+		r, size := utf8.DecodeRuneInString(text[off:])
+		if r == '\n' {
+			l, c = l+1, 1
+		} else {
+			c++
+		}
+		off += size
+	}
+	i := strings.LastIndex(text[:off], m[1])
+	if i < 0 {
+		return line, col
+	}
+	l, c = 1, 1
+	for _, r := range text[:i] {
+		if r == '\n' {
+			l, c = l+1, 1
+		} else {
+			c++
+		}
+	}
+	return l, c
+}
+
 // cleanParseError drops cedar-go's "<input>:L:C" (the position is given
-// separately, in the whole text) and its "parser error: " prefix.
+// separately, in the whole text) and its "parser error: " prefix, and
+// says what an "exact got X want Y" error means.
 func cleanParseError(s string) string {
+	if m := gotWant.FindStringSubmatch(s); m != nil {
+		return fmt.Sprintf("unexpected %q, want %q", m[1], m[2])
+	}
 	s = strings.TrimPrefix(s, "parser error: ")
 	s = errPosition.ReplaceAllString(s, "")
 	s = strings.Replace(s, "parse error at  ", "", 1)

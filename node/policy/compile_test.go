@@ -37,7 +37,7 @@ func TestSyntaxErrorPosition(t *testing.T) {
 		msgContain string
 	}{
 		{"permit (principal, action, resource);\n\n@id(\"broken\")\npermit (principal, action, resource) when { 1 + };\n", "broken", 4, 50, "invalid primary"},
-		{"permit (principal, action, resource);\npermit (principal, action, resource) when { true } ;permit (principal, actoin, resource);", "policy2", 2, 78, "actoin"},
+		{"permit (principal, action, resource);\npermit (principal, action, resource) when { true } ;permit (principal, actoin, resource);", "policy2", 2, 72, "actoin"},
 		{"permit (principal, action, resource);\n\n\npermit (principal,", "policy1", 4, 19, ""},
 		{"permit (principal, action, resource) when { \"unterminated };\n", "policy0", 1, 0, ""},
 		{"// héllo ünïcode\n@id(\"u\") permit (principal, action, resource) when { \"é\" == 1 ++ };", "u", 2, 66, ""},

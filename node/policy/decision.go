@@ -244,28 +244,30 @@ func (d *Decision) addObligations(v *Verdict, inbound bool) {
 	}
 }
 
-// evaluator builds a request's Cedar form and entities once, on first use,
-// taking entities from ec when it holds them (ec may be nil).
+// evaluator builds a request's Cedar form and entities, as one trust
+// domain's document sees them, taking entities from ec when it holds them
+// (ec may be nil).
 type evaluator struct {
 	r       *Request
 	ec      *entityCache
-	built   bool
+	view    string // the domain the entities were built for; "" before build
 	ents    entities
 	creq    types.Request
 	store   [2 * 5]types.Entity
 	scratch [32]types.EntityUID
 }
 
-func (ev *evaluator) build() {
-	if ev.built {
+// build readies ev for the document of trust domain view.
+func (ev *evaluator) build(view string) {
+	if ev.view == view && ev.ents.list != nil {
 		return
 	}
-	ev.built = true
+	ev.view = view
 	ev.ents.list = ev.store[:0]
 	ev.creq = types.Request{
-		Principal: ev.ents.add(&ev.r.Principal, ev.ec),
+		Principal: ev.ents.add(&ev.r.Principal, view, ev.ec),
 		Action:    actionUIDs[ev.r.Action],
-		Resource:  ev.ents.add(&ev.r.Resource, ev.ec),
+		Resource:  ev.ents.add(&ev.r.Resource, view, ev.ec),
 		Context:   ev.r.context(),
 	}
 }
@@ -320,7 +322,7 @@ var evaluators = sync.Pool{New: func() any { return new(evaluator) }}
 // reset readies ev for r, dropping what it held.
 func (ev *evaluator) reset(r *Request, ec *entityCache) {
 	clear(ev.store[:])
-	ev.r, ev.ec, ev.built, ev.ents.list, ev.creq = r, ec, false, nil, types.Request{}
+	ev.r, ev.ec, ev.view, ev.ents.list, ev.creq = r, ec, "", nil, types.Request{}
 }
 
 // The default's deciding rules, shared by every default verdict.
@@ -347,7 +349,7 @@ func side(doc *Document, domain string, r *Request, ev *evaluator, ex *SideExpla
 		}
 		return v
 	}
-	ev.build()
+	ev.build(domain)
 	c := doc.c
 	cand := c.idx.candidates(&ev.creq, r.Action, &ev.ents, ev.scratch[:])
 	decision, diag := cedar.Authorize(policySubset{ps: c.policies, set: cand}, &ev.ents, ev.creq)

@@ -16,6 +16,9 @@
 // sensitivity, depth and pseudonym. Actions are Action::"connect" (context
 // {proto: "tcp"|"udp"|"icmp", port: Long}), Action::"discover" and
 // Action::"audit". Every document is validated against that schema.
+// Groups and roles belong to their trust domain: a document sees another
+// domain td's groups as Group::"td/g" (roles likewise), so a partner's CA
+// cannot put its agents in this domain's groups.
 //
 // A flow needs the sender's trust domain to permit it outbound and the
 // receiver's to permit it inbound; inside one domain that is one

@@ -6,9 +6,13 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -348,6 +352,42 @@ func LoadFile(path string) (identity.SignedRecord, error) {
 func WriteFile(path string, rec identity.SignedRecord) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, MarshalPEM(rec), 0o644); err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("policy: %w", err)
+	}
+	return nil
+}
+
+// SerialFile is the file in a CA directory where `agent6 policy sign`
+// records the last serial it signed for the CA's trust domain, so that the
+// next document takes the next serial.
+const SerialFile = "policy.serial"
+
+// LastSerial returns the last serial recorded in the CA directory dir, 0
+// when none is.
+func LastSerial(dir string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, SerialFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("policy: %w", err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("policy: %s: not a serial number", filepath.Join(dir, SerialFile))
+	}
+	return n, nil
+}
+
+// RecordSerial records serial as the last signed in the CA directory dir.
+func RecordSerial(dir string, serial uint64) error {
+	path := filepath.Join(dir, SerialFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(serial, 10)+"\n"), 0o644); err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

@@ -226,15 +226,24 @@ func stringSet(ss []string) types.Set {
 	return types.NewSet(vs...)
 }
 
-// entity returns a's Cedar entity: Agent::"<addr>" in its groups, roles and
-// trust domain, with attributes spiffe_id, trust_domain, skills and tags.
-func (a *Agent) entity() types.Entity {
+// entity returns a's Cedar entity as the document of trust domain view
+// sees it: Agent::"<addr>" in its groups, roles and trust domain, with
+// attributes spiffe_id, trust_domain, skills and tags. Groups and roles are
+// labels a trust domain's CA gives its own agents, so only an agent of view
+// is in Group::"g" and Role::"r"; an agent of another domain td is in
+// Group::"td/g" and Role::"td/r". Otherwise a partner's CA could put its
+// agents in this domain's groups by naming them alike.
+func (a *Agent) entity(view string) types.Entity {
+	qual := ""
+	if a.TrustDomain != view {
+		qual = a.TrustDomain + "/"
+	}
 	parents := make([]types.EntityUID, 0, len(a.Groups)+len(a.Roles)+1)
 	for _, g := range a.Groups {
-		parents = append(parents, types.NewEntityUID(typeGroup, types.String(g)))
+		parents = append(parents, types.NewEntityUID(typeGroup, types.String(qual+g)))
 	}
 	for _, r := range a.Roles {
-		parents = append(parents, types.NewEntityUID(typeRole, types.String(r)))
+		parents = append(parents, types.NewEntityUID(typeRole, types.String(qual+r)))
 	}
 	if a.TrustDomain != "" {
 		parents = append(parents, types.NewEntityUID(typeTrustDomain, types.String(a.TrustDomain)))
@@ -291,14 +300,16 @@ func (s *entities) Get(uid types.EntityUID) (types.Entity, bool) {
 	return types.Entity{}, false
 }
 
-// add puts the party's entities in s, from ec when it holds them (nil:
-// build them), and returns the party's uid. The agent is added unless the
+// add puts the party's entities in s, as the document of trust domain
+// view sees them, from ec when it holds them (nil: build them), and
+// returns the party's uid. The agent is added unless the
 // party is a task whose Owner is another agent (a caller's mistake that
 // must not lend the task that agent's groups).
-func (s *entities) add(p *Party, ec *entityCache) types.EntityUID {
+func (s *entities) add(p *Party, view string, ec *entityCache) types.EntityUID {
 	var uid types.EntityUID
 	if !p.IsTask() || p.Tasks[0].Owner == p.Agent.Addr {
-		e := ec.entity(entKey{addr: p.Agent.Addr}, p.Agent.entity)
+		foreign := p.Agent.TrustDomain != view
+		e := ec.entity(entKey{addr: p.Agent.Addr, foreign: foreign}, func() types.Entity { return p.Agent.entity(view) })
 		s.put(e)
 		uid = e.UID
 	}
@@ -349,10 +360,12 @@ type contextSlot struct {
 	rec types.Record
 }
 
-// entKey names an agent's or a task's entity in an entityCache.
+// entKey names an agent's or a task's entity in an entityCache. An
+// agent's entity differs as seen from its own domain or another's.
 type entKey struct {
-	addr netip.Addr
-	task bool
+	addr    netip.Addr
+	task    bool
+	foreign bool
 }
 
 // entityCache keeps the Cedar entities built at one generation, so that a

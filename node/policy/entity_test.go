@@ -10,7 +10,7 @@ import (
 )
 
 func TestAgentEntity(t *testing.T) {
-	e := search.entity()
+	e := search.entity("example.org")
 	if want := types.NewEntityUID("Agent", types.String(search.Addr.String())); e.UID != want {
 		t.Errorf("uid %v, want %v", e.UID, want)
 	}
@@ -34,7 +34,7 @@ func TestAgentEntity(t *testing.T) {
 			t.Errorf("attribute %s = %v, want %v", attr, got, want)
 		}
 	}
-	if r := dlp.entity(); !r.Parents.Contains(types.NewEntityUID("Role", "waypoint")) {
+	if r := dlp.entity("example.org"); !r.Parents.Contains(types.NewEntityUID("Role", "waypoint")) {
 		t.Errorf("dlp's parents %v lack Role::\"waypoint\"", r.Parents)
 	}
 }
@@ -97,7 +97,7 @@ func TestEntityMapping(t *testing.T) {
 func TestCedarRequestContext(t *testing.T) {
 	r := connect(AgentParty(planner), AgentParty(search), ProtoTCP, 8443)
 	ev := evaluator{r: r}
-	ev.build()
+	ev.build("example.org")
 	cr := ev.creq
 	if cr.Principal != agentUID(planner.Addr) || cr.Resource != agentUID(search.Addr) {
 		t.Errorf("principal %v resource %v", cr.Principal, cr.Resource)
@@ -135,5 +135,43 @@ func TestSchemaMatchesMapping(t *testing.T) {
 	_ = cedar.Allow
 	if !strings.Contains(schemaText, "entity Task in [Agent, Task]") {
 		t.Error("schema lost the task hierarchy")
+	}
+}
+
+// TestForeignLabelsQualified: a domain's document sees another domain's
+// groups and roles under that domain's name, so that a partner's CA cannot
+// put its agents in this domain's groups by naming them alike.
+func TestForeignLabelsQualified(t *testing.T) {
+	e := search.entity("partner.example")
+	for _, want := range []types.EntityUID{
+		types.NewEntityUID("Group", "example.org/tools"),
+		types.NewEntityUID("TrustDomain", "example.org"),
+	} {
+		if !e.Parents.Contains(want) {
+			t.Errorf("seen from partner.example, search's parents %v lack %v", e.Parents, want)
+		}
+	}
+	if e.Parents.Contains(types.NewEntityUID("Group", "tools")) {
+		t.Error("seen from partner.example, search is in Group::\"tools\"")
+	}
+	// example.org's agents are planners at home; partner.example grants
+	// its own "planners" group, and example.org's planners by name.
+	home := mustCompile(t, "example.org", 1, `permit (principal, action, resource);`, nil)
+	spoof := mustCompile(t, "partner.example", 1, `permit (principal in Group::"planners", action, resource);`, nil)
+	if d := engineWith(t, home, spoof).Decide(connect(AgentParty(planner), AgentParty(quotes), ProtoTCP, 443)); d.Allow {
+		t.Errorf("example.org's group planners matched partner.example's Group::\"planners\": %s", d.Summary())
+	}
+	named := mustCompile(t, "partner.example", 1, `permit (principal in Group::"example.org/planners", action, resource);`, nil)
+	if d := engineWith(t, home, named).Decide(connect(AgentParty(planner), AgentParty(quotes), ProtoTCP, 443)); !d.Allow {
+		t.Errorf("Group::\"example.org/planners\" did not match: %s", d.Summary())
+	}
+	// The same holds for a task's scope, read from its agent's domain.
+	task := taskOf(planner, "t", "c", "", "group:public")
+	if d := engineWith(t, home, named).Decide(connect(TaskParty(planner, task), AgentParty(quotes), ProtoTCP, 443)); d.Allow || d.Reason != ReasonScope {
+		t.Errorf("scope group:public matched partner.example's public group: %s", d.Summary())
+	}
+	task.Scope = MustParseScope("group:partner.example/public")
+	if d := engineWith(t, home, named).Decide(connect(TaskParty(planner, task), AgentParty(quotes), ProtoTCP, 443)); !d.Allow {
+		t.Errorf("scope group:partner.example/public: %s", d.Summary())
 	}
 }

@@ -76,7 +76,7 @@ func TestObligationsInDecision(t *testing.T) {
 @id("to-partner") @rate("10") @via("group:dlp") @log("detail")
 permit (principal in Group::"planners", action == Action::"connect", resource in TrustDomain::"partner.example");
 @id("to-partner-2") @fan_out("2") @rate("20")
-permit (principal, action == Action::"connect", resource in Group::"public");
+permit (principal, action == Action::"connect", resource in Group::"partner.example/public");
 @id("no-icmp")
 forbid (principal, action, resource) when { context has proto && context.proto == "icmp" };
 `, nil)

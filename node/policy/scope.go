@@ -214,8 +214,11 @@ func (sel *Selector) UnmarshalText(b []byte) error {
 
 // MatchesAgent reports whether the selector's target names the party
 // (its protocol and ports aside): an agent, or a task by its own address
-// or through its agent.
-func (sel *Selector) MatchesAgent(p *Party) bool {
+// or through its agent. Groups and roles are read as in documents: from
+// trust domain view, an agent of view is in group:G, an agent of another
+// domain td in group:td/G (see Agent.entity). A task's scope is read from
+// its own agent's domain, a @via from its document's.
+func (sel *Selector) MatchesAgent(p *Party, view string) bool {
 	a := &p.Agent
 	switch sel.Kind {
 	case SelectAny:
@@ -225,9 +228,9 @@ func (sel *Selector) MatchesAgent(p *Party) bool {
 	case SelectID:
 		return a.ID != "" && sel.Value == a.ID
 	case SelectGroup:
-		return slices.Contains(a.Groups, sel.Value)
+		return hasLabel(a.Groups, sel.Value, a.TrustDomain, view)
 	case SelectRole:
-		return slices.Contains(a.Roles, sel.Value)
+		return hasLabel(a.Roles, sel.Value, a.TrustDomain, view)
 	case SelectSkill:
 		return slices.Contains(a.Skills, sel.Value)
 	case SelectTag:
@@ -238,11 +241,25 @@ func (sel *Selector) MatchesAgent(p *Party) bool {
 	return false
 }
 
+// hasLabel reports whether labels, given by the CA of trust domain td,
+// hold name as seen from view: name itself when td is view, else td/name.
+func hasLabel(labels []string, name, td, view string) bool {
+	if td != view {
+		rest, ok := strings.CutPrefix(name, td+"/")
+		if !ok {
+			return false
+		}
+		name = rest
+	}
+	return slices.Contains(labels, name)
+}
+
 // matches reports whether the selector admits action on resource over
-// proto to port. Protocol and ports narrow connect only: a task may
-// discover (and read the audit records of) whatever it may connect to.
-func (sel *Selector) matches(res *Party, action Action, proto Proto, port uint16) bool {
-	if !sel.MatchesAgent(res) {
+// proto to port, from trust domain view. Protocol and ports narrow connect
+// only: a task may discover (and read the audit records of) whatever it
+// may connect to.
+func (sel *Selector) matches(res *Party, view string, action Action, proto Proto, port uint16) bool {
+	if !sel.MatchesAgent(res, view) {
 		return false
 	}
 	if action != ActionConnect || sel.Proto == 0 {
@@ -305,14 +322,14 @@ func (s Scope) Strings() []string {
 	return out
 }
 
-// Allows reports whether the scope admits action on res over proto to
-// port.
-func (s Scope) Allows(res *Party, action Action, proto Proto, port uint16) bool {
+// Allows reports whether the scope, read from trust domain view (the
+// domain of the task's agent), admits action on res over proto to port.
+func (s Scope) Allows(res *Party, view string, action Action, proto Proto, port uint16) bool {
 	if len(s.sels) == 0 {
 		return true
 	}
 	for i := range s.sels {
-		if s.sels[i].matches(res, action, proto, port) {
+		if s.sels[i].matches(res, view, action, proto, port) {
 			return true
 		}
 	}
@@ -325,7 +342,7 @@ func (s Scope) Allows(res *Party, action Action, proto Proto, port uint16) bool 
 func scopeAllows(r *Request) (netip.Addr, bool) {
 	for i := range r.Principal.Tasks {
 		t := &r.Principal.Tasks[i]
-		if !t.Scope.Allows(&r.Resource, r.Action, r.Proto, r.Port) {
+		if !t.Scope.Allows(&r.Resource, r.Principal.Agent.TrustDomain, r.Action, r.Proto, r.Port) {
 			return t.Addr, false
 		}
 	}

@@ -63,6 +63,9 @@ func TestScopeAllows(t *testing.T) {
 		{[]string{"group:tools tcp/443"}, partner, ActionDiscover, 0, 0, false},
 		{[]string{"skill:web-search"}, tools, ActionConnect, ProtoUDP, 53, true},
 		{[]string{"tag:web"}, tools, ActionConnect, ProtoTCP, 1, true},
+		{[]string{"group:public"}, partner, ActionConnect, ProtoTCP, 1, false}, // another domain's group
+		{[]string{"group:partner.example/public"}, partner, ActionConnect, ProtoTCP, 1, true},
+		{[]string{"group:example.org/tools"}, tools, ActionConnect, ProtoTCP, 1, false}, // a home group is named bare
 		{[]string{"domain:partner.example tcp/400-500"}, partner, ActionConnect, ProtoTCP, 443, true},
 		{[]string{"domain:partner.example tcp/400-500"}, partner, ActionConnect, ProtoTCP, 501, false},
 		{[]string{"spiffe://partner.example/agent/quotes"}, partner, ActionConnect, ProtoICMP, 0, true},
@@ -75,7 +78,7 @@ func TestScopeAllows(t *testing.T) {
 	}
 	for _, c := range cases {
 		s := MustParseScope(c.scope...)
-		if got := s.Allows(&c.res, c.act, c.proto, c.port); got != c.want {
+		if got := s.Allows(&c.res, "example.org", c.act, c.proto, c.port); got != c.want {
 			t.Errorf("scope %q allows %s %s %s/%d = %v, want %v", c.scope, c.res.String(), c.act, c.proto, c.port, got, c.want)
 		}
 	}

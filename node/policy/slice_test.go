@@ -163,7 +163,7 @@ func TestSliceEqualsFull(t *testing.T) {
 		for range 50 {
 			r := u.request(rng)
 			ev := evaluator{r: r}
-			ev.build()
+			ev.build("a.example")
 			cand := d.c.idx.candidates(&ev.creq, r.Action, &ev.ents, ev.scratch[:])
 			sd, sdiag := cedar.Authorize(policySubset{ps: d.c.policies, set: cand}, &ev.ents, ev.creq)
 			fd, fdiag := cedar.Authorize(policySubset{ps: d.c.policies}, &ev.ents, ev.creq)

@@ -425,3 +425,13 @@ func decideOne(d *Document, r *Request) Decision {
 	dec.settle()
 	return dec
 }
+
+// Parties returns the agents and tasks the tests define, by name, as a
+// document of trust domain td sees them: what an offline explain can name.
+func (t *Tests) Parties(td string) (map[string]Party, error) {
+	f, err := t.resolve(td)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrTests, err)
+	}
+	return f.parties, nil
+}

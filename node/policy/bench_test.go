@@ -81,13 +81,13 @@ func BenchmarkDecideHit(b *testing.B) {
 // generation, as they are for a new flow between known agents.
 func BenchmarkDecideMiss(b *testing.B) {
 	for _, n := range policyCounts {
-		e := benchEngine(b, n)
 		reqs := make([]*Request, 64)
 		for i := range reqs {
 			reqs[i] = benchRequest()
 			reqs[i].Resource.Agent.Addr = FixtureAddr(fmt.Sprint("bench-tool-", i))
 		}
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			e := benchEngine(b, n) // per run: -count must not find the last run's decisions
 			b.ReportAllocs()
 			cpu := startCPU()
 			i := 0

@@ -1,12 +1,12 @@
 package policy
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,7 +226,7 @@ func (e *Engine) Documents() []*Document {
 	for _, d := range docs {
 		out = append(out, d)
 	}
-	slices.SortFunc(out, func(a, b *Document) int { return bytes.Compare([]byte(a.TrustDomain), []byte(b.TrustDomain)) })
+	slices.SortFunc(out, func(a, b *Document) int { return strings.Compare(a.TrustDomain, b.TrustDomain) })
 	return out
 }
 

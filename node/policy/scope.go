@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -320,6 +321,23 @@ func (s Scope) Strings() []string {
 		out[i] = sel.String()
 	}
 	return out
+}
+
+// MarshalJSON writes the scope in its text form, a list of selectors.
+func (s Scope) MarshalJSON() ([]byte, error) { return json.Marshal(s.Strings()) }
+
+// UnmarshalJSON reads a list of selectors (ParseScope).
+func (s *Scope) UnmarshalJSON(b []byte) error {
+	var ss []string
+	if err := json.Unmarshal(b, &ss); err != nil {
+		return err
+	}
+	scope, err := ParseScope(ss)
+	if err != nil {
+		return err
+	}
+	*s = scope
+	return nil
 }
 
 // Allows reports whether the scope, read from trust domain view (the

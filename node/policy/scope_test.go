@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -132,5 +133,20 @@ func TestParseVia(t *testing.T) {
 		if v, err := ParseVia(bad); err == nil {
 			t.Errorf("ParseVia(%q) = %v, want an error", bad, v)
 		}
+	}
+}
+
+func TestScopeJSON(t *testing.T) {
+	s := MustParseScope("group:tools tcp/443", "*")
+	b, err := json.Marshal(s)
+	if err != nil || string(b) != `["group:tools tcp/443","*"]` {
+		t.Fatalf("%s %v", b, err)
+	}
+	var back Scope
+	if err := json.Unmarshal(b, &back); err != nil || !slices.Equal(back.Selectors(), s.Selectors()) {
+		t.Errorf("round trip: %v", err)
+	}
+	if err := json.Unmarshal([]byte(`["group:"]`), &back); err == nil {
+		t.Error("a bad selector unmarshalled")
 	}
 }

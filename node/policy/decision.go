@@ -321,7 +321,7 @@ var evaluators = sync.Pool{New: func() any { return new(evaluator) }}
 
 // reset readies ev for r, dropping what it held.
 func (ev *evaluator) reset(r *Request, ec *entityCache) {
-	clear(ev.store[:])
+	clear(ev.store[:min(len(ev.ents.list), len(ev.store))])
 	ev.r, ev.ec, ev.view, ev.ents.list, ev.creq = r, ec, "", nil, types.Request{}
 }
 

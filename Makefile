@@ -35,7 +35,8 @@ fuzz:
 		node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
 		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
-		node/dns:FuzzAnswer; do \
+		node/dns:FuzzAnswer node/policy:FuzzDecode node/policy:FuzzCompile \
+		node/policy:FuzzParseSelector node/policy:FuzzParseAnnotation node/policy:FuzzParseTests; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \

@@ -37,6 +37,7 @@ var commands = map[string]command{
 	"revoke":   {summary: "hand a revocation to the node, which applies and gossips it", run: runRevoke},
 	"task":     {summary: "tasks with their own addresses: start, end, list", run: runTask, sub: taskCommands},
 	"ca":       {summary: "organisation CA: init, issue, revoke", run: runCA, sub: caCommands},
+	"policy":   {summary: "policy documents, offline: sign, test, show, explain", run: runPolicy, sub: policyCommands},
 	"version":  {summary: "print the version and the source revision it was built from", run: runVersion},
 }
 

@@ -1,0 +1,63 @@
+package audit
+
+import (
+	"testing"
+)
+
+func TestAppendProve(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		storage func(t *testing.T) Storage
+	}{
+		{"memory", func(*testing.T) Storage { return Memory(0) }},
+		{"posix", func(t *testing.T) Storage { return POSIX(t.TempDir()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			l := openTest(t, Config{Storage: tc.storage(t)})
+			trace := NewTraceID()
+			var idx []uint64
+			for i := range 300 {
+				tr := TraceID{}
+				if i%7 == 0 {
+					tr = trace
+				}
+				n, err := l.Append(ctx, flowEnd(i, tr))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tr == trace {
+					idx = append(idx, n)
+				}
+			}
+			cp, err := l.AwaitCheckpoint(ctx, 299)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cp.Size != 300 {
+				t.Fatalf("checkpoint size %d", cp.Size)
+			}
+			for _, i := range []uint64{0, 1, 255, 256, 299} {
+				p, err := l.Prove(ctx, i, cp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := p.Verify(cp); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, _, err := l.Trace(ctx, trace)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(idx) {
+				t.Fatalf("trace: %d records, want %d", len(got), len(idx))
+			}
+			for i, p := range got {
+				if p.Index != idx[i] || p.Record.Trace != trace {
+					t.Fatalf("trace record %d: index %d, want %d", i, p.Index, idx[i])
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"slices"
+	"sync"
 	"testing"
 )
 
@@ -16,20 +18,32 @@ func TestAppendProve(t *testing.T) {
 			ctx := ctxT(t)
 			l := openTest(t, Config{Storage: tc.storage(t)})
 			trace := NewTraceID()
+			// Appends from many goroutines share batches.
+			var mu sync.Mutex
 			var idx []uint64
-			for i := range 300 {
-				tr := TraceID{}
-				if i%7 == 0 {
-					tr = trace
-				}
-				n, err := l.Append(ctx, flowEnd(i, tr))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if tr == trace {
-					idx = append(idx, n)
-				}
+			var wg sync.WaitGroup
+			for w := range 16 {
+				wg.Go(func() {
+					for i := w; i < 300; i += 16 {
+						tr := TraceID{}
+						if i%7 == 0 {
+							tr = trace
+						}
+						n, err := l.Append(ctx, flowEnd(i, tr))
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if tr == trace {
+							mu.Lock()
+							idx = append(idx, n)
+							mu.Unlock()
+						}
+					}
+				})
 			}
+			wg.Wait()
+			slices.Sort(idx)
 			cp, err := l.AwaitCheckpoint(ctx, 299)
 			if err != nil {
 				t.Fatal(err)

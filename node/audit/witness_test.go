@@ -13,20 +13,26 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
-// appendN appends n records to l and returns the checkpoint covering them.
+// appendN submits n records to l (pipelined, as the filter will) and
+// returns the checkpoint covering them. Nothing else may append meanwhile.
 func appendN(t *testing.T, l *Log, n int) Checkpoint {
 	t.Helper()
 	ctx := ctxT(t)
-	var last uint64
+	before, err := l.reader.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range n {
-		var err error
-		if last, err = l.Append(ctx, flowEnd(i, TraceID{})); err != nil {
+		if err := l.Submit(flowEnd(i, TraceID{})); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cp, err := l.AwaitCheckpoint(ctx, last)
+	cp, err := l.AwaitCheckpoint(ctx, before+uint64(n)-1)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cp.Size != before+uint64(n) {
+		t.Fatalf("checkpoint of %d entries, want %d", cp.Size, before+uint64(n))
 	}
 	return cp
 }

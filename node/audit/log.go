@@ -26,7 +26,7 @@ import (
 // Defaults for Config's zero values.
 const (
 	DefaultCheckpointInterval = time.Second
-	DefaultBatchSize          = 512
+	DefaultBatchSize          = 4096
 	DefaultBatchAge           = 10 * time.Millisecond
 	DefaultQueueSize          = 1 << 16
 	// historySize is how many past checkpoints a log keeps (checkpoints

@@ -148,6 +148,9 @@ const vkeyFileName = "vkey"
 // you think (the second result says which key was used).
 func VerifyDir(ctx context.Context, dir, vkey string) (Report, string, error) {
 	state := filepath.Join(dir, stateDirName)
+	if _, err := os.Stat(filepath.Join(dir, layout.CheckpointPath)); err != nil {
+		return Report{}, vkey, fmt.Errorf("audit: %s is not a log directory: %w", dir, err)
+	}
 	if vkey == "" {
 		b, err := os.ReadFile(filepath.Join(state, vkeyFileName))
 		if err != nil {

@@ -30,7 +30,8 @@ fuzz:
 		overlay:FuzzParseIPv6 overlay:FuzzHandshakes node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
 		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
-		node/dns:FuzzAnswer; do \
+		node/dns:FuzzAnswer node/audit:FuzzDecode node/audit:FuzzParseCheckpoint \
+		node/audit:FuzzWitness node/audit:FuzzAddCosignature; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \

@@ -357,3 +357,49 @@ func TestWitnessProofPathFork(t *testing.T) {
 		t.Fatalf("fork through the log's proof: %v", err)
 	}
 }
+
+// FuzzWitness feeds a witness hostile checkpoints and proofs: it must
+// refuse them (or cosign a valid one) and never panic.
+func FuzzWitness(f *testing.F) {
+	k := testKey(f)
+	origin, _ := Origin("a.example", addrA)
+	s, _ := NewSigner(k, origin)
+	vkey, _ := VerifierKey(origin, k.Public())
+	w, _ := NewWitness(WitnessConfig{Key: testKey(f), Name: "b.example/agent6/witness/" + addrW.String()})
+	w.AddLog(vkey)
+	first, _ := note.Sign(&note.Note{Text: Checkpoint{Origin: origin, Size: 10, Root: [32]byte{1}}.Text()}, s)
+	w.Cosign(context.Background(), first, 0, nil)
+	next, _ := note.Sign(&note.Note{Text: Checkpoint{Origin: origin, Size: 12, Root: [32]byte{2}}.Text()}, s)
+	f.Add(next, uint64(10), bytes.Repeat([]byte{7}, 64))
+	f.Add(first, uint64(10), []byte(nil))
+	f.Fuzz(func(t *testing.T, raw []byte, oldSize uint64, proofBytes []byte) {
+		var pr [][]byte
+		for len(proofBytes) >= 32 {
+			pr = append(pr, proofBytes[:32])
+			proofBytes = proofBytes[32:]
+		}
+		if len(proofBytes) > 0 {
+			pr = append(pr, proofBytes)
+		}
+		w.Cosign(context.Background(), raw, oldSize, pr)
+	})
+}
+
+// FuzzAddCosignature feeds a log hostile cosignature lines.
+func FuzzAddCosignature(f *testing.F) {
+	l, err := Open(context.Background(), Config{Key: testKey(f)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { l.Close() })
+	name := "b.example/agent6/witness/" + addrW.String()
+	w, _ := NewWitness(WitnessConfig{Key: testKey(f), Name: name})
+	l.SetWitnesses([]string{w.CosignerKey()})
+	w.AddLog(l.VerifierKey())
+	line, _ := w.Cosign(context.Background(), l.Checkpoint().Raw, 0, nil)
+	f.Add(line)
+	f.Add([]byte("— " + name + " AAAA\n"))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		l.AddCosignature(line)
+	})
+}

@@ -98,6 +98,11 @@ type Log struct {
 	served   serveCounters
 	stateDir string
 
+	// indexRun and cpRun serialise indexTo and observeCheckpoint, which
+	// their loops and Close both run. Lock order: cpRun or indexRun, then
+	// closeMu or mu, then the index's and the hub's own.
+	indexRun, cpRun sync.Mutex
+
 	// closeMu orders appends against Close: appends hold it for reading,
 	// Close takes it for writing once, to refuse further appends.
 	closeMu sync.RWMutex
@@ -369,6 +374,8 @@ func (l *Log) indexLoop(ctx context.Context) {
 
 // indexTo indexes every integrated entry not yet indexed.
 func (l *Log) indexTo(ctx context.Context) error {
+	l.indexRun.Lock()
+	defer l.indexRun.Unlock()
 	size, err := l.reader.IntegratedSize(ctx)
 	if err != nil {
 		return err
@@ -429,6 +436,8 @@ func (l *Log) checkpointLoop(ctx context.Context) {
 // observeCheckpoint reads the published checkpoint and, if it is new,
 // verifies it against the last one and records it.
 func (l *Log) observeCheckpoint(ctx context.Context) error {
+	l.cpRun.Lock()
+	defer l.cpRun.Unlock()
 	raw, err := l.reader.ReadCheckpoint(ctx)
 	if err != nil {
 		return err

@@ -70,14 +70,8 @@ func runAuditVkey(args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-	} else {
-		origin, err := audit.Origin(*td, addr)
-		if err != nil {
-			return fmt.Errorf("--trust-domain: %w", err)
-		}
-		if vkey, err = audit.VerifierKey(origin, k.Public()); err != nil {
-			return err
-		}
+	} else if vkey, err = audit.NodeVerifierKey(k.Public(), *td); err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
 	}
 	fmt.Fprintln(stdout, vkey)
 	return nil

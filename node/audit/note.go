@@ -101,6 +101,21 @@ func VerifierKey(name string, pub identity.PublicKey) (string, error) {
 	return k, nil
 }
 
+// NodeVerifierKey returns the verifier key of the log kept by the node
+// whose key is pub, in trustDomain (empty: NoTrustDomain): what `agent6
+// audit vkey` prints and a witness or auditor configures.
+func NodeVerifierKey(pub identity.PublicKey, trustDomain string) (string, error) {
+	addr, err := pub.Addr()
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	origin, err := Origin(trustDomain, addr)
+	if err != nil {
+		return "", err
+	}
+	return VerifierKey(origin, pub)
+}
+
 // NewVerifier returns the note verifier of the log whose origin is name and
 // whose node key is pub.
 func NewVerifier(name string, pub identity.PublicKey) (note.Verifier, error) {

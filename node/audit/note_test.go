@@ -244,3 +244,14 @@ func TestCommitment(t *testing.T) {
 		t.Fatal("two keys give one secret")
 	}
 }
+
+func TestNodeVerifierKey(t *testing.T) {
+	k := testKey(t)
+	addr, _ := k.Public().Addr()
+	origin, _ := Origin("example.org", addr)
+	want, _ := VerifierKey(origin, k.Public())
+	got, err := NodeVerifierKey(k.Public(), "example.org")
+	if err != nil || got != want {
+		t.Fatalf("NodeVerifierKey = %q, %v; want %q", got, err, want)
+	}
+}

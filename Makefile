@@ -31,12 +31,15 @@ fuzz:
 	@set -e; for spec in \
 		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
 		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
+		identity:FuzzParseDelegation identity:FuzzParseLink \
 		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParsePathFrame overlay:FuzzSTUN \
 		node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
 		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
 		node/dns:FuzzAnswer node/policy:FuzzDecode node/policy:FuzzCompile \
-		node/policy:FuzzParseSelector node/policy:FuzzParseAnnotation node/policy:FuzzParseTests; do \
+		node/policy:FuzzParseSelector node/policy:FuzzParseAnnotation node/policy:FuzzParseTests \
+		node/audit:FuzzDecode node/audit:FuzzParseCheckpoint \
+		node/audit:FuzzWitness node/audit:FuzzAddCosignature; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \

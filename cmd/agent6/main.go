@@ -38,6 +38,7 @@ var commands = map[string]command{
 	"task":     {summary: "tasks with their own addresses: start, end, list", run: runTask, sub: taskCommands},
 	"ca":       {summary: "organisation CA: init, issue, revoke", run: runCA, sub: caCommands},
 	"policy":   {summary: "policy documents, offline: sign, test, show, explain", run: runPolicy, sub: policyCommands},
+	"audit":    {summary: "the verifiable audit log: vkey, verify (offline)", run: runAudit, sub: auditCommands},
 	"version":  {summary: "print the version and the source revision it was built from", run: runVersion},
 }
 

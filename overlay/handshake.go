@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/crypto/blake2s"
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/agent6/agent6/internal/lru"
 )
 
 // Two ways a first WireGuard handshake stalls for wireguard-go's 5 s retry
@@ -146,12 +148,12 @@ type handshakes struct {
 	mac1Key atomic.Pointer[[blake2s.Size]byte]
 
 	mu     sync.Mutex
-	sent   *table[netip.AddrPort, sentInit]   // our initiation awaiting its response
-	held   map[netip.AddrPort]*initiation     // the peer's crossing one, held meanwhile
-	queued *table[netip.AddrPort, sentInit]   // the peer's, handed to WireGuard, not yet answered
-	own    map[netip.AddrPort]*initiation     // ours, held meanwhile
-	last   *table[netip.AddrPort, initiation] // the last one delivered, for redeliver
-	ready  chan initiation                    // for the receive function
+	sent   *lru.Map[netip.AddrPort, sentInit]   // our initiation awaiting its response
+	held   map[netip.AddrPort]*initiation       // the peer's crossing one, held meanwhile
+	queued *lru.Map[netip.AddrPort, sentInit]   // the peer's, handed to WireGuard, not yet answered
+	own    map[netip.AddrPort]*initiation       // ours, held meanwhile
+	last   *lru.Map[netip.AddrPort, initiation] // the last one delivered, for redeliver
+	ready  chan initiation                      // for the receive function
 	send   func(pkt []byte, ep conn.Endpoint) error
 
 	crossHeld, crossAnswered, crossReleased, crossSuperseded, crossSentLate, redelivered atomic.Uint64
@@ -162,11 +164,11 @@ type handshakes struct {
 func newHandshakes(send func(pkt []byte, ep conn.Endpoint) error) *handshakes {
 	return &handshakes{
 		send:   send,
-		sent:   newTable[netip.AddrPort, sentInit](maxTracked),
+		sent:   lru.New[netip.AddrPort, sentInit](maxTracked),
 		held:   make(map[netip.AddrPort]*initiation),
-		queued: newTable[netip.AddrPort, sentInit](maxTracked),
+		queued: lru.New[netip.AddrPort, sentInit](maxTracked),
 		own:    make(map[netip.AddrPort]*initiation),
-		last:   newTable[netip.AddrPort, initiation](maxTracked),
+		last:   lru.New[netip.AddrPort, initiation](maxTracked),
 		ready:  make(chan initiation, 2*maxTracked),
 	}
 }
@@ -202,7 +204,7 @@ func (h *handshakes) validMAC1(b []byte) bool {
 func (h *handshakes) invalid(ap netip.AddrPort) {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	h.mu.Lock()
-	h.queued.delete(ap)
+	h.queued.Take(ap)
 	own := h.own[ap]
 	h.mu.Unlock()
 	if own != nil {
@@ -231,7 +233,7 @@ func (h *handshakes) initiated(b []byte, ep conn.Endpoint, now time.Time) (send 
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if q, ok := h.queued.get(ap); ok && now.Sub(q.at) < crossHold {
+	if q, ok := h.queued.Get(ap); ok && now.Sub(q.at) < crossHold {
 		if parked, _ := park(h.own, ap, b, ep, now, now.Add(crossHold), h.sendOwn); parked {
 			return false
 		}
@@ -273,7 +275,7 @@ func take(m map[netip.AddrPort]*initiation, ap netip.AddrPort, i *initiation) bo
 // record notes our initiation b to ap as awaiting its response. Called
 // with h.mu held.
 func (h *handshakes) record(ap netip.AddrPort, b []byte, now time.Time) {
-	h.sent.put(ap, sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now})
+	h.sent.Put(ap, sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now})
 }
 
 // sendOwn sends our held initiation unless wireguard-go answered the
@@ -301,8 +303,8 @@ func (h *handshakes) responded(b []byte, ep conn.Endpoint) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if q, ok := h.queued.get(ap); ok && q.index == binary.LittleEndian.Uint32(b[8:]) {
-		h.queued.delete(ap)
+	if q, ok := h.queued.Get(ap); ok && q.index == binary.LittleEndian.Uint32(b[8:]) {
+		h.queued.Take(ap)
 		if h.own[ap] != nil {
 			delete(h.own, ap)
 			h.crossSuperseded.Add(1)
@@ -315,8 +317,8 @@ func (h *handshakes) responded(b []byte, ep conn.Endpoint) {
 // until it answers, an initiation of ours would be discarded too. Called
 // with h.mu held.
 func (h *handshakes) handed(ap netip.AddrPort, b []byte, now time.Time) {
-	h.sent.delete(ap)
-	h.queued.put(ap, sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now})
+	h.sent.Take(ap)
+	h.queued.Put(ap, sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now})
 }
 
 // received looks at a handshake message b from ep before WireGuard does,
@@ -336,8 +338,8 @@ func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold b
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if typ == wgResponse {
-		if s, ok := h.sent.get(ap); ok && binary.LittleEndian.Uint32(b[8:]) == s.index {
-			h.sent.delete(ap)
+		if s, ok := h.sent.Get(ap); ok && binary.LittleEndian.Uint32(b[8:]) == s.index {
+			h.sent.Take(ap)
 			if h.held[ap] != nil {
 				delete(h.held, ap)
 				h.crossAnswered.Add(1)
@@ -357,7 +359,7 @@ func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold b
 // awaits its response, for less than crossHold, and has the larger sender
 // index. Called with h.mu held.
 func (h *handshakes) hold(ap netip.AddrPort, b []byte, ep conn.Endpoint, now time.Time) bool {
-	s, outstanding := h.sent.get(ap)
+	s, outstanding := h.sent.Get(ap)
 	if !outstanding || !now.Before(s.at.Add(crossHold)) || binary.LittleEndian.Uint32(b[4:]) >= s.index {
 		return false
 	}
@@ -371,8 +373,8 @@ func (h *handshakes) hold(ap netip.AddrPort, b []byte, ep conn.Endpoint, now tim
 // keep remembers b as the last initiation delivered from ap. Called with
 // h.mu held.
 func (h *handshakes) keep(ap netip.AddrPort, b []byte, ep conn.Endpoint, now time.Time) {
-	l, _ := h.last.get(ap)
-	h.last.put(ap, initiation{pkt: append(l.pkt[:0], b...), ep: ep, at: now})
+	l, _ := h.last.Get(ap)
+	h.last.Put(ap, initiation{pkt: append(l.pkt[:0], b...), ep: ep, at: now})
 }
 
 // release delivers held unless the response to ours came first.
@@ -394,8 +396,8 @@ func (h *handshakes) release(ap netip.AddrPort, held *initiation) {
 func (h *handshakes) redeliver(ap netip.AddrPort, now time.Time) {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	h.mu.Lock()
-	l, ok := h.last.get(ap)
-	h.last.delete(ap)
+	l, ok := h.last.Get(ap)
+	h.last.Take(ap)
 	h.mu.Unlock()
 	l.why = redelivered
 	if ok && now.Sub(l.at) < rekeyTimeout {

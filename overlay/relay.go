@@ -14,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/internal/limit"
 )
 
 // Relay makes this node a member relay: it forwards datagrams between two
@@ -42,8 +43,8 @@ type Relay struct {
 	priv identity.WGPrivateKey
 	log  *slog.Logger
 
-	binds   *limiters[netip.Addr] // bind attempts per source address
-	refuses *limiters[netip.Addr] // refused answers per source address
+	binds   *limit.Keyed[netip.Addr] // bind attempts per source address
+	refuses *limit.Keyed[netip.Addr] // refused answers per source address
 
 	mu     sync.RWMutex // guards the maps; each client guards its pairs
 	byAddr map[netip.AddrPort]*relayed
@@ -159,8 +160,8 @@ func NewRelay(b *Bind, cfg RelayConfig) (*Relay, error) {
 	}
 	r := &Relay{
 		b: b, cfg: cfg, priv: cfg.PrivateKey, log: log,
-		binds:   newLimiters[netip.Addr](relayBindRate, relayBindRate, relaySources, relayBindGlobal, relayBindGlobal),
-		refuses: newLimiters[netip.Addr](relayRefuseRate, relayRefuseRate, relaySources, relayRefuseTotal, relayRefuseTotal),
+		binds:   limit.NewKeyed[netip.Addr](relayBindRate, relayBindRate, relayBindGlobal, relayBindGlobal, relaySources),
+		refuses: limit.NewKeyed[netip.Addr](relayRefuseRate, relayRefuseRate, relayRefuseTotal, relayRefuseTotal, relaySources),
 		byAddr:  make(map[netip.AddrPort]*relayed),
 		byTag:   make(map[[tagSize]byte]*relayed),
 		byKey:   make(map[identity.WGPublicKey]*relayed),
@@ -253,7 +254,7 @@ func (r *Relay) forward(b []byte, from netip.AddrPort, now time.Time) {
 // why: one small frame, no larger than the one refused.
 func (r *Relay) refuse(reason int, code byte, tag [tagSize]byte, from netip.AddrPort, now time.Time) {
 	r.refused[reason].Add(1)
-	if r.refuses.allow(from.Addr(), 1, now) {
+	if r.refuses.Allow(from.Addr(), 1, now) {
 		_ = r.b.sendRaw(from, appendRefused(make([]byte, 0, refusedSize), code, tag))
 	}
 }
@@ -268,7 +269,7 @@ func (r *Relay) bindFrom(f pathFrame, from netip.AddrPort, now time.Time) {
 		r.refused[refuseNotAdmitted].Add(1)
 		return
 	}
-	if !r.binds.allow(from.Addr(), 1, now) {
+	if !r.binds.Allow(from.Addr(), 1, now) {
 		r.refused[refuseRateLimited].Add(1)
 		return
 	}

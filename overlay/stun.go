@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/agent6/agent6/internal/limit"
 )
 
 // STUN on the node's socket (RFC 8489, with pion/stun): every node
@@ -51,7 +53,7 @@ type STUNStats struct {
 
 // stunState is the Bind's STUN responder and client.
 type stunState struct {
-	limit *limiters[netip.Addr]
+	limit *limit.Keyed[netip.Addr]
 
 	mu   sync.Mutex
 	txns map[[stun.TransactionIDSize]byte]*stunTxn
@@ -66,7 +68,7 @@ type stunTxn struct {
 
 func newSTUNState() *stunState {
 	return &stunState{
-		limit: newLimiters[netip.Addr](stunPerSource, stunBurst, stunSources, stunGlobal, stunGlobal),
+		limit: limit.NewKeyed[netip.Addr](stunPerSource, stunBurst, stunGlobal, stunGlobal, stunSources),
 		txns:  make(map[[stun.TransactionIDSize]byte]*stunTxn),
 	}
 }
@@ -89,7 +91,7 @@ func (s *stunState) handle(pkt []byte, from netip.AddrPort, now time.Time, send 
 	}
 	switch m.Type {
 	case stun.BindingRequest:
-		if !s.limit.allow(from.Addr(), 1, now) {
+		if !s.limit.Allow(from.Addr(), 1, now) {
 			s.rateLimited.Add(1)
 			return
 		}

@@ -25,7 +25,7 @@ func (m *Membership) HandleControl(from netip.AddrPort, frame []byte) {
 		m.refuse(refusal(ReasonMalformed, err), "endpoint", from)
 		return
 	}
-	if !m.ctrlLimit.allow(from, time.Now()) {
+	if !m.ctrlLimit.Allow(from, 1, time.Now()) {
 		// The hot path of a flood: a counter, and a log line now and then.
 		if n, due := m.count(ReasonRateLimited); due {
 			m.log.Warn("refused", "reason", string(ReasonRateLimited), "err", errCtrlRate, "total", n, "endpoint", from)
@@ -61,7 +61,7 @@ func (m *Membership) handleControlFrame(from netip.AddrPort, b []byte) {
 	now := time.Now()
 	if h.typ == ctrlAck {
 		m.mu.Lock()
-		asked, ok := m.asked.get(h.echo)
+		asked, ok := m.asked.Get(h.echo)
 		m.mu.Unlock()
 		if !ok || asked.to != from || now.Sub(asked.at) > askedTTL {
 			m.refuse(refusal(ReasonUnknownResponse, errors.New("an ACK to no HELLO this node sent to its source")), "endpoint", from)
@@ -101,7 +101,7 @@ func (m *Membership) handleControlFrame(from netip.AddrPort, b []byte) {
 	}
 	m.mu.Lock()
 	if h.typ == ctrlAck {
-		m.asked.take(h.echo) // one ACK per HELLO
+		m.asked.Take(h.echo) // one ACK per HELLO
 	}
 	w := m.waiters[p.rec.wgKey]
 	delete(m.waiters, p.rec.wgKey)
@@ -129,7 +129,7 @@ func (m *Membership) sendHello(to netip.AddrPort) error {
 	ts := m.nextTS()
 	m.mu.Lock()
 	own := m.own
-	m.asked.put(n, askedHello{to: to, at: time.Now()})
+	m.asked.Put(n, askedHello{to: to, at: time.Now()})
 	m.mu.Unlock()
 	frame, err := sealHello(m.cfg.Key, ctrlHello, n, nonce{}, ts, own)
 	if err != nil {
@@ -436,7 +436,7 @@ func (m *Membership) expireAsking(now time.Time) {
 			late = append(late, a)
 		}
 	}
-	m.asked.expire(func(a askedHello) bool { return now.Sub(a.at) > askedTTL })
+	m.asked.Expire(func(a askedHello) bool { return now.Sub(a.at) > askedTTL })
 	m.mu.Unlock()
 	for _, a := range late {
 		m.endAsking(a, false)

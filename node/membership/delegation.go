@@ -117,7 +117,7 @@ func (m *Membership) taskReadLoop() {
 			m.refuse(refusal(ReasonMalformed, err), "addr", src.Addr())
 			continue
 		}
-		if !m.peerLimit.allow(src, time.Now()) {
+		if !m.peerLimit.Allow(src, 1, time.Now()) {
 			if n, due := m.count(ReasonRateLimited); due {
 				m.log.Warn("refused", "reason", string(ReasonRateLimited), "err", errPeerRate, "total", n, "addr", src.Addr())
 			}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/internal/limit"
 )
 
 func TestHelloFrames(t *testing.T) {
@@ -139,26 +140,6 @@ func TestRecent(t *testing.T) {
 	}
 }
 
-func TestExpiring(t *testing.T) {
-	e := newExpiring[int, int](3)
-	for i := range 5 {
-		e.put(i, i)
-	}
-	if e.len() != 3 {
-		t.Fatalf("len %d", e.len())
-	}
-	if _, ok := e.get(0); ok {
-		t.Fatal("oldest not evicted")
-	}
-	if v, ok := e.take(4); !ok || v != 4 {
-		t.Fatal("take")
-	}
-	e.expire(func(v int) bool { return v < 3 })
-	if _, ok := e.get(2); ok || e.len() != 1 {
-		t.Fatalf("expire: len %d", e.len())
-	}
-}
-
 // FuzzFrames feeds admission and peer frames as they arrive from the
 // network: whatever opens is internally consistent, and nothing panics.
 func FuzzFrames(f *testing.F) {
@@ -215,7 +196,7 @@ func FuzzParseChain(f *testing.F) {
 // rate: the header check, the source's bucket, a counter; no copy, no
 // queue, no signature check.
 func BenchmarkRefuseOverLimit(b *testing.B) {
-	m := &Membership{ctrl: make(chan event, ctrlQueue), ctrlLimit: newSourceLimiter(ctrlPerSource, ctrlBurst, ctrlTotal, ctrlTotalBurst, maxSources)}
+	m := &Membership{ctrl: make(chan event, ctrlQueue), ctrlLimit: limit.NewKeyed[netip.AddrPort](ctrlPerSource, ctrlBurst, ctrlTotal, ctrlTotalBurst, maxSources)}
 	m.log = slog.New(slog.DiscardHandler)
 	k, _ := identity.GeneratePrivateKey()
 	rec, _ := newRecord(k, 1, make([]byte, 600), nil, nil, time.Now())
@@ -226,7 +207,7 @@ func BenchmarkRefuseOverLimit(b *testing.B) {
 	}
 	// Other sources fill the table, as in a flood from many.
 	for i := range maxSources - 1 {
-		m.ctrlLimit.allow(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}), 1), time.Now())
+		m.ctrlLimit.Allow(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}), 1), 1, time.Now())
 	}
 	before := len(m.ctrl)
 	start := time.Now()

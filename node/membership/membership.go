@@ -50,6 +50,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/internal/limit"
+	"github.com/agent6/agent6/internal/lru"
 	"github.com/agent6/agent6/node/card"
 )
 
@@ -186,9 +188,9 @@ type Membership struct {
 	// memberlist. mu guards the state it shares with readers.
 	ctrl      chan event
 	events    chan event
-	ctrlLimit *sourceLimiter // admission frames, per UDP source
-	peerLimit *sourceLimiter // peer frames, per overlay source
-	askLimit  *rate.Limiter  // HELLOs to agents gossip announced
+	ctrlLimit *limit.Keyed[netip.AddrPort] // admission frames, per UDP source (limit.go)
+	peerLimit *limit.Keyed[netip.AddrPort] // peer frames, per overlay source
+	askLimit  *rate.Limiter                // HELLOs to agents gossip announced
 
 	mu     sync.Mutex
 	seq    uint64
@@ -202,7 +204,7 @@ type Membership struct {
 	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
 	// asked are the HELLOs this node sent and awaits an ACK for, by nonce
 	// (an ACK that echoes none is refused as unknown_response).
-	asked *expiring[nonce, askedHello]
+	asked *lru.Map[nonce, askedHello]
 	// lastTS is the last timestamp this node put on a signed frame: each is
 	// later than the one before, as receivers require.
 	lastTS int64
@@ -349,14 +351,14 @@ func New(cfg Config) (*Membership, error) {
 		cred:      cred,
 		ctrl:      make(chan event, ctrlQueue),
 		events:    make(chan event, eventsQueue),
-		ctrlLimit: newSourceLimiter(ctrlPerSource, ctrlBurst, ctrlTotal, ctrlTotalBurst, maxSources),
-		peerLimit: newSourceLimiter(peerPerSource, peerBurst, peerTotal, peerTotalBurst, maxSources),
+		ctrlLimit: limit.NewKeyed[netip.AddrPort](ctrlPerSource, ctrlBurst, ctrlTotal, ctrlTotalBurst, maxSources),
+		peerLimit: limit.NewKeyed[netip.AddrPort](peerPerSource, peerBurst, peerTotal, peerTotalBurst, maxSources),
 		askLimit:  rate.NewLimiter(askRate, askBurst),
 		ids:       newIDTable(wg.Addr()),
 		refused:   make(map[[16]byte]Reason),
 		revs:      newRevocations(),
 		waiters:   make(map[identity.WGPublicKey]chan struct{}),
-		asked:     newExpiring[nonce, askedHello](maxAsked),
+		asked:     lru.New[nonce, askedHello](maxAsked),
 		rejoin:    make(chan netip.Addr, 64),
 
 		metaCache:  make(map[string]*meta),

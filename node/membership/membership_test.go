@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/internal/lru"
 )
 
 func TestToken(t *testing.T) {
@@ -349,7 +350,7 @@ func (s *sentFrames) SendControl(to netip.AddrPort, _ []byte) error {
 // removal, then every ReconnectInterval; a peer that left is not.
 func TestHelloDead(t *testing.T) {
 	sent := &sentFrames{}
-	m := &Membership{cfg: Config{Control: sent, ReconnectInterval: 10 * time.Second}, ids: newIDTable(netip.Addr{}), asked: newExpiring[nonce, askedHello](8)}
+	m := &Membership{cfg: Config{Control: sent, ReconnectInterval: 10 * time.Second}, ids: newIDTable(netip.Addr{}), asked: lru.New[nonce, askedHello](8)}
 	m.log = slog.New(slog.DiscardHandler)
 	dead, left := netip.MustParseAddr("2001:21::1"), netip.MustParseAddr("2001:21::2")
 	ep := netip.MustParseAddrPort("192.0.2.1:51820")

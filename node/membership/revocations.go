@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agent6/agent6/identity"
+	"github.com/agent6/agent6/internal/lru"
 )
 
 // revocations are the verified revocations this node holds, indexed by
@@ -24,7 +25,7 @@ type revocations struct {
 	// (tellRevoked) without parsing the record again; told is when each
 	// endpoint was last sent one.
 	refusedBy map[[16]byte][32]byte
-	told      *expiring[netip.AddrPort, time.Time]
+	told      *lru.Map[netip.AddrPort, time.Time]
 }
 
 type revEntry struct {
@@ -39,7 +40,7 @@ const maxRevocations = 1 << 16
 
 func newRevocations() revocations {
 	return revocations{byDigest: make(map[[16]byte]*revEntry), byCert: make(map[[32]byte]*revEntry),
-		refusedBy: make(map[[16]byte][32]byte), told: newExpiring[netip.AddrPort, time.Time](maxSources)}
+		refusedBy: make(map[[16]byte][32]byte), told: lru.New[netip.AddrPort, time.Time](maxSources)}
 }
 
 // matching returns the revocation of c, or nil.
@@ -79,10 +80,10 @@ func (r *revocations) rawFor(dig [16]byte) []byte {
 // tell reports whether endpoint to may be sent a revocation now, and
 // notes that it is.
 func (r *revocations) tell(to netip.AddrPort, now time.Time) bool {
-	if last, ok := r.told.get(to); ok && now.Sub(last) < tellRevokedEvery {
+	if last, ok := r.told.Get(to); ok && now.Sub(last) < tellRevokedEvery {
 		return false
 	}
-	r.told.put(to, now)
+	r.told.Put(to, now)
 	return true
 }
 

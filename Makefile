@@ -27,7 +27,7 @@ fuzz:
 	@set -e; for spec in \
 		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
 		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
-		overlay:FuzzParseIPv6 overlay:FuzzHandshakes node/config:FuzzParse \
+		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParseSRv6 node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
 		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
 		node/dns:FuzzAnswer; do \

@@ -96,6 +96,7 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 		fcfg.Logger = log
 	}
 	filter := NewFilter(tunDev, fcfg)
+	filter.keys.set(cfg.PrivateKey) // before WireGuard can hand it a packet
 	bind := cfg.Bind
 	if bind == nil {
 		bind = conn.NewDefaultBind()
@@ -201,6 +202,11 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
 	}
 	d.allowed[p.PublicKey] = want
+	addrs := make([]netip.Prefix, 0, len(want))
+	for pfx := range want {
+		addrs = append(addrs, pfx)
+	}
+	d.filter.setPeerAddrs(p.PublicKey, addrs)
 	if b, ok := d.bind.(*Bind); ok && have == nil && p.Endpoint.IsValid() {
 		b.hs.redeliver(p.Endpoint, time.Now())
 	}
@@ -214,6 +220,7 @@ func (d *Device) RemovePeer(pub identity.WGPublicKey) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.allowed, pub)
+	d.filter.setPeerAddrs(pub, nil)
 	raw := pub.Raw()
 	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))); err != nil {
 		return fmt.Errorf("overlay: remove peer %s: %w", pub.ShortString(), err)

@@ -30,6 +30,7 @@ var commands = map[string]command{
 	"revoke":   {"hand a revocation to the node, which applies and gossips it", runRevoke},
 	"task":     {"tasks with their own addresses: start, end, list", runTask},
 	"ca":       {"organisation CA: init, issue, revoke", runCA},
+	"capture":  {"write a pcap of the overlay packets entering and leaving WireGuard", runCapture},
 }
 
 // errUsage marks errors that are the caller's invocation, exit status 2.

@@ -40,6 +40,12 @@ func runStatus(args []string, stdout io.Writer) error {
 	}
 	f := st.Filter
 	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
+	if f.Forwarded > 0 || f.TransitFlows > 0 {
+		fmt.Fprintf(stdout, "\nwaypoint    forwarded %d pkts / %d B, %d flows now", f.Forwarded, f.ForwardedBytes, f.TransitFlows)
+	}
+	if f.ICMPErrors > 0 || f.ICMPLimited > 0 {
+		fmt.Fprintf(stdout, "\nicmp        %d errors to the local stack (%d rate-limited)", f.ICMPErrors, f.ICMPLimited)
+	}
 	if h := st.Handshakes; h != (node.HandshakeStatus{}) {
 		fmt.Fprintf(stdout, "\nhandshakes  crossed: %d held (%d answered, %d released), ours %d superseded, %d sent late; %d redelivered",
 			h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.CrossSuperseded, h.CrossSentLate, h.Redelivered)

@@ -12,6 +12,8 @@
 //	                      "parent": id, "id": caller's name}; 201 Task {"id", "address", "expires", "depth", ...}
 //	GET  /v1/tasks        []Task: the running tasks
 //	DELETE /v1/tasks/{id} 204: the task ends, its address goes and its peers are told
+//	GET  /v1/capture?peer=&duration=
+//	                      a pcap stream of the overlay packets entering and leaving WireGuard
 //	GET  /metrics         Prometheus text: filter, membership, DNS and LocalAPI counters
 //
 // Errors are JSON objects {"error": message, "code": stable-code} with a
@@ -79,6 +81,7 @@ type Server struct {
 	Logger *slog.Logger
 
 	badRequests atomic.Uint64
+	stopping    context.Context // Serve's: done when it shuts down (streams end)
 }
 
 // Handler returns the API's HTTP handler.
@@ -93,6 +96,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/v1/revocations", s.only(http.MethodPost, s.revoke))
 	mux.HandleFunc("/v1/tasks", s.tasks)
 	mux.HandleFunc("/v1/tasks/{id}", s.only(http.MethodDelete, s.endTask))
+	mux.HandleFunc("/v1/capture", s.only(http.MethodGet, s.capture))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := s.badRequests.Add(1)
 		if s.Logger != nil {
@@ -309,6 +313,7 @@ func Listen(path string) (net.Listener, error) {
 // up to five seconds for requests in flight. Closing ln removes a unix
 // socket file.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.stopping = ctx
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -401,6 +406,15 @@ func (c *Client) Revoke(ctx context.Context, pemBytes []byte) (RevokeResponse, e
 	return out, err
 }
 
+// responseError reads an error response.
+func responseError(path string, resp *http.Response) error {
+	var eb ErrorBody
+	if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
+		return fmt.Errorf("localapi: %s: HTTP %d", path, resp.StatusCode)
+	}
+	return &Error{Path: path, Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+}
+
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -416,11 +430,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var eb ErrorBody
-		if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
-			return fmt.Errorf("localapi: %s: HTTP %d", path, resp.StatusCode)
-		}
-		return &Error{Path: path, Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return responseError(path, resp)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil

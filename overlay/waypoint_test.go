@@ -8,6 +8,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,19 +142,27 @@ func TestWaypointsOverWireGuard(t *testing.T) {
 		}
 	}
 
-	// Capture at D meanwhile: what arrives from W2 shows the sizes.
-	var pcap bytes.Buffer
+	// Capture at D meanwhile (what arrives from W2 shows the sizes), and
+	// at W1 (what it sends on is SRv6 towards W2, then D).
+	var pcap, atW1 bytes.Buffer
 	cctx, ccancel := context.WithCancel(ctx)
-	captured := make(chan error, 1)
+	captured := make(chan error, 2)
 	go func() {
 		_, err := d.dev.Filter().Capture(cctx, &pcap, CaptureConfig{Peer: w2.addr})
 		captured <- err
 	}()
+	go func() {
+		_, err := w1.dev.Filter().Capture(cctx, &atW1, CaptureConfig{Peer: w2.addr})
+		captured <- err
+	}()
 	echo(8080, 1<<20)
 	ccancel()
-	if err := <-captured; err != nil {
-		t.Fatal(err)
+	for range 2 {
+		if err := <-captured; err != nil {
+			t.Fatal(err)
+		}
 	}
+	checkW1Capture(t, atW1.Bytes(), a, w1, w2, d)
 	// Full size: two waypoints cost 144 bytes, the largest inner packet
 	// is 1280 (the MSS clamped to 1220), and so the largest SRv6 packet
 	// from W2 is 1424 bytes; none is larger. (gVisor leaves room for 40
@@ -276,4 +288,34 @@ func TestNoWaypointFailsAtOnce(t *testing.T) {
 		t.Fatalf("no_waypoint drops %d, ICMPv6 errors %d", st.Drops[DropNoWaypoint.String()], st.ICMPErrors)
 	}
 	t.Logf("dial failed with %v", err)
+}
+
+// checkW1Capture reads W1's capture with tshark: the packets W1 sends to
+// W2 decode as SRv6 with segments left 1, the segment list D, W2, W1, and
+// A's packet inside.
+func checkW1Capture(t *testing.T, pcap []byte, a, w1, w2, d *wgNode) {
+	t.Helper()
+	if _, err := exec.LookPath("tshark"); err != nil && os.Getenv("CI") == "" {
+		t.Log("tshark not installed: W1's capture not decoded")
+		return
+	}
+	file := filepath.Join(t.TempDir(), "w1.pcap")
+	if err := os.WriteFile(file, pcap, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rows := tsharkFields(t, file, "ipv6.src", "ipv6.dst", "ipv6.routing.segleft", "ipv6.routing.srh.addr", "tcp.dstport")
+	want := strings.Join([]string{w1.addr.String() + "," + a.addr.String(), w2.addr.String() + "," + d.addr.String(), "1",
+		d.addr.String() + "," + w2.addr.String() + "," + w1.addr.String(), "8080"}, " | ")
+	n := 0
+	for _, r := range rows {
+		if strings.HasPrefix(r[0], w1.addr.String()+",") && r[4] == "8080" {
+			if got := strings.Join(r, " | "); got != want {
+				t.Fatalf("W1 sent, as tshark reads it:\n got  %s\n want %s", got, want)
+			}
+			n++
+		}
+	}
+	if n < 100 {
+		t.Fatalf("tshark found %d packets W1 sent on towards D:8080 in %d", n, len(rows))
+	}
 }

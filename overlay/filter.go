@@ -470,6 +470,7 @@ func (f *Filter) Write(bufs [][]byte, offset int) (int, error) {
 			clear(sr.fwd)
 			sr.fwd = sr.fwd[:0]
 		}
+		sr.v = srv6View{} // holds no packet while pooled
 		srv6Pool.Put(sr)
 	}
 	f.inPackets.Add(pkts)

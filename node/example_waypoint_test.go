@@ -41,6 +41,6 @@ func ExampleWaypoint() {
 		log.Fatal(err)
 	}
 	defer n.Close()
-	// Peers (or membership) as for any node; the sources' Paths name
+	// Peers (or membership) as for any node; the sources' Via names
 	// this node as a waypoint.
 }

@@ -44,14 +44,14 @@ func (n *Node) TransitFlows() ([]overlay.TransitStats, error) {
 	return dev.Filter().TransitFlows(), nil
 }
 
-// ResetPaths makes every flow ask Paths again at its next packet: call it
-// when Paths' answers changed (a waypoint died, policy changed).
-func (n *Node) ResetPaths() error {
+// ResetVia makes every flow ask Via again at its next packet: call it
+// when Via's answers changed (a waypoint died, policy changed).
+func (n *Node) ResetVia() error {
 	dev, err := n.running()
 	if err != nil {
-		return fmt.Errorf("node: reset paths: %w", err)
+		return fmt.Errorf("node: reset via: %w", err)
 	}
-	dev.Filter().ResetPaths()
+	dev.Filter().ResetVia()
 	return nil
 }
 

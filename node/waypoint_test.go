@@ -19,12 +19,12 @@ import (
 	"github.com/agent6/agent6/overlay"
 )
 
-// viaPaths sends A ↔ D's port 8080 and 666 (TCP or UDP) through the one
+// viaPolicy sends A ↔ D's port 8080 and 666 (TCP or UDP) through the one
 // waypoint W, both ways, and requires it of what arrives; the rest goes
 // directly.
-type viaPaths struct{ a, w, d *node.Node }
+type viaPolicy struct{ a, w, d *node.Node }
 
-func (p *viaPaths) route(t overlay.Tuple) []overlay.Waypoint {
+func (p *viaPolicy) route(t overlay.Tuple) []overlay.Waypoint {
 	port := t.Dst.Port()
 	if t.Src.Addr() == p.d.Addr() {
 		port = t.Src.Port()
@@ -36,8 +36,8 @@ func (p *viaPaths) route(t overlay.Tuple) []overlay.Waypoint {
 	return nil
 }
 
-func (p *viaPaths) Outbound(t overlay.Tuple) ([]overlay.Waypoint, error) { return p.route(t), nil }
-func (p *viaPaths) Inbound(t overlay.Tuple) []overlay.Waypoint           { return p.route(t) }
+func (p *viaPolicy) Outbound(t overlay.Tuple) ([]overlay.Waypoint, error) { return p.route(t), nil }
+func (p *viaPolicy) Inbound(t overlay.Tuple) []overlay.Waypoint           { return p.route(t) }
 
 // countingInspector counts what it sees, inspects port 8080 packet by
 // packet and drops the flows to port 666.
@@ -72,15 +72,15 @@ func TestEmbeddedWaypoint(t *testing.T) {
 	insp := &countingInspector{flows: map[uint16]int{}, packets: map[uint16]int{}}
 	var mu sync.Mutex
 	var receipts []overlay.Receipt
-	paths := &viaPaths{}
-	a := &node.Node{Paths: paths}
+	policy := &viaPolicy{}
+	a := &node.Node{Via: policy}
 	w := &node.Node{Waypoint: &node.Waypoint{Inspector: insp, OnReceipt: func(r overlay.Receipt) {
 		mu.Lock()
 		receipts = append(receipts, r)
 		mu.Unlock()
 	}}}
-	d := &node.Node{Paths: paths}
-	paths.a, paths.w, paths.d = a, w, d
+	d := &node.Node{Via: policy}
+	policy.a, policy.w, policy.d = a, w, d
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, n := range []*node.Node{a, w, d} {

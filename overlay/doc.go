@@ -12,7 +12,7 @@
 // from its key, refuses inbound packets whose source does not belong to the
 // peer that sent them. Together they make the source address an identity.
 //
-// The filter also carries path control (docs/srv6.md): given a Paths
+// The filter also carries path control (docs/srv6.md): given a Via
 // hook, it sends the flows that must cross waypoints as SRv6 (srv6.go),
 // serves as a waypoint that checks, stamps and forwards them (route.go),
 // and at the destination verifies their ordered proof of transit (pot.go)

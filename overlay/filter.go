@@ -43,7 +43,7 @@ const (
 	// stack tried to send (waypoints are the filter's to choose).
 	DropBadSRH
 	// DropNoWaypoint: a packet of a flow that must cross waypoints none of
-	// which is reachable (Paths.Outbound refused it): the flow fails
+	// which is reachable (Via.Outbound refused it): the flow fails
 	// closed, and the local stack is told.
 	DropNoWaypoint
 	// DropWaypointBypassed: a packet of a flow that must cross waypoints
@@ -134,10 +134,10 @@ type FilterConfig struct {
 	// held (see AddTask): the peer must be given the task's delegation,
 	// then Release (or Discard) called. It must not block.
 	OnHold func(task, dst netip.Addr)
-	// Paths, if set, says which flows must cross waypoints: the source
+	// Via, if set, says which flows must cross waypoints: the source
 	// encapsulates them in SRv6, the destination refuses what did not
 	// cross them. Nil: no path control, and no cost per packet.
-	Paths Paths
+	Via Via
 	// Transit, if set, makes this node a waypoint. Nil refuses to forward
 	// (not_waypoint).
 	Transit *Transit
@@ -168,7 +168,7 @@ type Filter struct {
 
 	localMu   sync.Mutex // serialises changes to local and overrides
 	overrides atomic.Pointer[map[[16]byte][]Waypoint]
-	pathGen   atomic.Uint64 // bumped by ResetPaths: cached routes are stale
+	pathGen   atomic.Uint64 // bumped by ResetVia: cached routes are stale
 
 	keys   keyring    // transit-proof keys; set by the Device before packets flow
 	peerMu sync.Mutex // serialises changes to peers
@@ -297,7 +297,7 @@ func (f *Filter) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (f *Filter) filterOut(bufs [][]byte, sizes []int, n, offset int) {
 	local := f.local.Load()
 	now := f.flows.now()
-	routed := f.cfg.Paths != nil || f.overrides.Load() != nil
+	routed := f.cfg.Via != nil || f.overrides.Load() != nil
 	gen := f.pathGen.Load()
 	var info packetInfo
 	var pkts, bytes uint64
@@ -401,7 +401,7 @@ func (f *Filter) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	local := f.local.Load()
 	now := f.flows.now()
-	paths := f.cfg.Paths
+	via := f.cfg.Via
 	gen := f.pathGen.Load()
 	var info packetInfo
 	var sr *srv6State
@@ -443,13 +443,13 @@ func (f *Filter) Write(bufs [][]byte, offset int) (int, error) {
 		}
 		key := flowKey{local: info.dst, remote: info.src, lport: info.dport, rport: info.sport, proto: info.proto}
 		fl := f.lookup(key, now)
-		if paths != nil || v != nil {
+		if via != nil || v != nil {
 			if r := f.arrival(fl, &info, v, sr, gen); r != dropNone {
 				f.dropFlow(r, &info)
 				continue
 			}
 		}
-		if paths != nil && info.proto == protoTCP && fl != nil {
+		if via != nil && info.proto == protoTCP && fl != nil {
 			// A SYN-ACK (or SYN) of a flow this node sends through
 			// waypoints: its MSS must leave room for the encapsulation.
 			if r := fl.out.Load(); r != nil && r.hdr != nil {

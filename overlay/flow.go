@@ -26,7 +26,7 @@ type flow struct {
 	rxPackets atomic.Uint64
 	rxBytes   atomic.Uint64
 
-	// Path control (Paths set): the cached answers for each direction,
+	// Path control (Via set): the cached answers for each direction,
 	// and the window of proof-of-transit sequence numbers accepted.
 	out    atomic.Pointer[outRoute]
 	in     atomic.Pointer[inRoute]

@@ -126,7 +126,7 @@ func TestTransitProofChain(t *testing.T) {
 			t.Errorf("%s: %v, want %v", name, got, want)
 		}
 	}
-	f.cfg.Paths = staticPaths{} // arrival consults the flow's cached answer
+	f.cfg.Via = staticVia{} // arrival consults the flow's cached answer
 	both := []testAgent{w1, w2}
 
 	good := through(w1, w2)
@@ -182,22 +182,22 @@ func TestTransitProofChain(t *testing.T) {
 	check("far behind the window", through(w1, w2), both, DropTransitProof)
 }
 
-// staticPaths is a Paths that answers from maps, by destination for
+// staticVia is a Via that answers from maps, by destination for
 // outbound flows and by source for inbound ones.
-type staticPaths struct {
+type staticVia struct {
 	out map[netip.Addr][]Waypoint
 	in  map[netip.Addr][]Waypoint
 	bad map[netip.Addr]bool // destinations with no reachable waypoint
 }
 
-func (p staticPaths) Outbound(t Tuple) ([]Waypoint, error) {
+func (p staticVia) Outbound(t Tuple) ([]Waypoint, error) {
 	if p.bad[t.Dst.Addr()] {
 		return nil, ErrNoWaypoint
 	}
 	return p.out[t.Dst.Addr()], nil
 }
 
-func (p staticPaths) Inbound(t Tuple) []Waypoint { return p.in[t.Src.Addr()] }
+func (p staticVia) Inbound(t Tuple) []Waypoint { return p.in[t.Src.Addr()] }
 
 func TestReplayWindow(t *testing.T) {
 	var w replayWindow

@@ -10,7 +10,7 @@ import (
 )
 
 // The filter's part in path control: the source encapsulates the flows
-// Paths sends through waypoints (filterOut), a waypoint stamps and
+// Via sends through waypoints (filterOut), a waypoint stamps and
 // forwards (forward), the destination checks what arrives (arrival).
 
 // dropNone is the verdict of a check that refuses nothing.
@@ -46,17 +46,17 @@ type readyPkt struct {
 // maxForwardQueue bounds the forwarded packets waiting for the reader.
 const maxForwardQueue = 4096
 
-// ResetPaths makes every flow ask Paths again at its next packet: call it
+// ResetVia makes every flow ask Via again at its next packet: call it
 // when the answers may have changed (policy reloaded, a waypoint died or
 // came back). Safe for concurrent use.
-func (f *Filter) ResetPaths() { f.pathGen.Add(1) }
+func (f *Filter) ResetVia() { f.pathGen.Add(1) }
 
-// SetPathOverride sends this node's flows to dst through wps, in order
-// (none: directly), whatever Paths says, established flows from their
+// SetViaOverride sends this node's flows to dst through wps, in order
+// (none: directly), whatever Via says, established flows from their
 // next packet on: a hook for tests and diagnosis, which is how a test
 // makes a source bypass its waypoints and sees the destination refuse it.
 // Never needed in production. Safe for concurrent use.
-func (f *Filter) SetPathOverride(dst netip.Addr, wps []Waypoint) {
+func (f *Filter) SetViaOverride(dst netip.Addr, wps []Waypoint) {
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
 	next := make(map[[16]byte][]Waypoint)
@@ -67,11 +67,11 @@ func (f *Filter) SetPathOverride(dst netip.Addr, wps []Waypoint) {
 	}
 	next[dst.As16()] = append([]Waypoint{}, wps...)
 	f.overrides.Store(&next)
-	f.ResetPaths()
+	f.ResetVia()
 }
 
-// ClearPathOverride removes dst's override.
-func (f *Filter) ClearPathOverride(dst netip.Addr) {
+// ClearViaOverride removes dst's override.
+func (f *Filter) ClearViaOverride(dst netip.Addr) {
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
 	cur := f.overrides.Load()
@@ -89,7 +89,7 @@ func (f *Filter) ClearPathOverride(dst netip.Addr) {
 	} else {
 		f.overrides.Store(&next)
 	}
-	f.ResetPaths()
+	f.ResetVia()
 }
 
 // setPeerAddrs records that pub holds the /128s among prefixes (its own
@@ -123,9 +123,9 @@ func (f *Filter) peerKey(addr []byte) (identity.WGPublicKey, bool) {
 	return k, ok
 }
 
-// outPath returns the flow's outbound route, asking Paths (or an
+// outPath returns the flow's outbound route, asking Via (or an
 // override) if the flow has none for this generation. The caller holds
-// f.flows.mu.RLock; it is released while Paths is asked.
+// f.flows.mu.RLock; it is released while Via is asked.
 func (f *Filter) outPath(fl *flow, info *packetInfo, gen uint64) *outRoute {
 	if fl != nil {
 		if r := fl.out.Load(); r != nil && r.gen == gen {
@@ -148,8 +148,8 @@ func (f *Filter) newOutRoute(info *packetInfo, gen uint64) *outRoute {
 	var err error
 	if w, ok := f.overridden(info.dst); ok {
 		wps = w
-	} else if f.cfg.Paths != nil {
-		wps, err = f.cfg.Paths.Outbound(t)
+	} else if f.cfg.Via != nil {
+		wps, err = f.cfg.Via.Outbound(t)
 	}
 	if err == nil {
 		err = checkWaypoints(wps, info)
@@ -227,8 +227,8 @@ func checkWaypoints(wps []Waypoint, info *packetInfo) error {
 }
 
 // inPath returns the waypoints the flow must have crossed to arrive here,
-// asking Paths if the flow has no answer for this generation. The caller
-// holds f.flows.mu.RLock; it is released while Paths is asked.
+// asking Via if the flow has no answer for this generation. The caller
+// holds f.flows.mu.RLock; it is released while Via is asked.
 func (f *Filter) inPath(fl *flow, info *packetInfo, gen uint64) *inRoute {
 	if fl != nil {
 		if r := fl.in.Load(); r != nil && r.gen == gen {
@@ -236,7 +236,7 @@ func (f *Filter) inPath(fl *flow, info *packetInfo, gen uint64) *inRoute {
 		}
 	}
 	f.flows.mu.RUnlock()
-	wps := f.cfg.Paths.Inbound(tupleOf(info))
+	wps := f.cfg.Via.Inbound(tupleOf(info))
 	f.flows.mu.RLock()
 	r := f.newInRoute(wps, gen)
 	if fl != nil {
@@ -245,7 +245,7 @@ func (f *Filter) inPath(fl *flow, info *packetInfo, gen uint64) *inRoute {
 	return r
 }
 
-// newInRoute keeps Paths' inbound answer, with the transit-proof keys
+// newInRoute keeps Via's inbound answer, with the transit-proof keys
 // this node shares with each waypoint.
 func (f *Filter) newInRoute(wps []Waypoint, gen uint64) *inRoute {
 	r := &inRoute{gen: gen}
@@ -268,12 +268,12 @@ func (f *Filter) newInRoute(wps []Waypoint, gen uint64) *inRoute {
 // arrival checks a packet arriving at this node, its destination: one
 // that came through waypoints (v set, the SRv6 packet whose inner packet
 // info describes) must have come from the last of them, crossed the
-// waypoints Paths requires in their order, carry a valid stamp from each
+// waypoints Via requires in their order, carry a valid stamp from each
 // and a sequence number not seen before; one that came directly must not
 // need any. The caller holds f.flows.mu.RLock.
 func (f *Filter) arrival(fl *flow, info *packetInfo, v *srv6View, sr *srv6State, gen uint64) DropReason {
 	var need *inRoute
-	if f.cfg.Paths != nil {
+	if f.cfg.Via != nil {
 		need = f.inPath(fl, info, gen)
 	}
 	if v == nil {
@@ -341,7 +341,7 @@ func comparePath(need [][16]byte, v *srv6View) DropReason {
 }
 
 // verifyChain checks the stamps of v with the keys of the waypoints it
-// names: from Paths' answer, else from the peers (whose addresses the
+// names: from Via's answer, else from the peers (whose addresses the
 // device derived from their keys).
 func (f *Filter) verifyChain(s *potScratch, v *srv6View, need *inRoute) bool {
 	var want [stampLen]byte

@@ -141,20 +141,20 @@ func tcp6(src, dst netip.Addr, sport, dport uint16, flags byte, mss uint16, n in
 // comes back the other way; what bypasses the waypoints, skips one,
 // crosses them in the wrong order, or carries a forged or replayed stamp
 // is refused, each under its reason.
-func TestPathsChain(t *testing.T) {
+func TestViaChain(t *testing.T) {
 	a, w1, w2, d, e := newTestAgent(1), newTestAgent(2), newTestAgent(3), newTestAgent(4), newTestAgent(5)
 	c := newChain(t)
 	var mu sync.Mutex
 	var receipts []Receipt
 	onReceipt := func(r Receipt) { mu.Lock(); receipts = append(receipts, r); mu.Unlock() }
 	w1Key, _ := identity.PrivateKeyFromSeed(bytes.Repeat([]byte{2}, 32))
-	na := c.add(a, FilterConfig{Paths: staticPaths{
+	na := c.add(a, FilterConfig{Via: staticVia{
 		out: map[netip.Addr][]Waypoint{d.addr: {w1.waypoint(), w2.waypoint()}},
 		in:  map[netip.Addr][]Waypoint{d.addr: {w2.waypoint(), w1.waypoint()}},
 	}})
 	nw1 := c.add(w1, FilterConfig{Transit: &Transit{OnReceipt: onReceipt, Sign: w1Key.Sign}})
 	nw2 := c.add(w2, FilterConfig{Transit: &Transit{}})
-	nd := c.add(d, FilterConfig{Paths: staticPaths{
+	nd := c.add(d, FilterConfig{Via: staticVia{
 		out: map[netip.Addr][]Waypoint{a.addr: {w2.waypoint(), w1.waypoint()}},
 		in:  map[netip.Addr][]Waypoint{a.addr: {w1.waypoint(), w2.waypoint()}},
 	}})
@@ -199,7 +199,7 @@ func TestPathsChain(t *testing.T) {
 		{"W2 only", []Waypoint{w2.waypoint()}, DropWaypointBypassed},
 		{"W2 then W1", []Waypoint{w2.waypoint(), w1.waypoint()}, DropWaypointOrder},
 	} {
-		na.f.SetPathOverride(d.addr, tc.via)
+		na.f.SetViaOverride(d.addr, tc.via)
 		before := nd.f.Drops(tc.want)
 		c.send(na, udp6(a.addr, d.addr, 40000, 8080, 100))
 		if got := nd.delivered(); len(got) != 0 {
@@ -209,7 +209,7 @@ func TestPathsChain(t *testing.T) {
 			t.Errorf("%s: D's %s drops %d → %d, want one more", tc.name, tc.want, before, nd.f.Drops(tc.want))
 		}
 	}
-	na.f.ClearPathOverride(d.addr)
+	na.f.ClearViaOverride(d.addr)
 
 	// A stamp forged between W1 and W2, and a packet W2 sent replayed.
 	out = na.sendRaw(udp6(a.addr, d.addr, 40000, 8080, 100))
@@ -293,11 +293,11 @@ func (n *chainNode) sendRaw(pkts ...[]byte) [][]byte {
 // reachable is ICMPv6 administratively prohibited; a packet too large for
 // the encapsulation is ICMPv6 Packet Too Big; TCP's MSS is clamped in
 // SYNs both ways.
-func TestPathsSource(t *testing.T) {
+func TestViaSource(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, w1, w2, d, e := newTestAgent(1), newTestAgent(2), newTestAgent(3), newTestAgent(4), newTestAgent(5)
 		c := newChain(t)
-		na := c.add(a, FilterConfig{Paths: staticPaths{
+		na := c.add(a, FilterConfig{Via: staticVia{
 			out: map[netip.Addr][]Waypoint{d.addr: {w1.waypoint(), w2.waypoint()}},
 			bad: map[netip.Addr]bool{e.addr: true},
 		}})
@@ -335,13 +335,13 @@ func TestPathsSource(t *testing.T) {
 
 		// A first waypoint that is no peer: WireGuard would drop it all, so
 		// the flow fails closed.
-		na.f.SetPathOverride(d.addr, []Waypoint{e.waypoint()})
+		na.f.SetViaOverride(d.addr, []Waypoint{e.waypoint()})
 		if out := na.sendRaw(udp6(a.addr, d.addr, 1, 2, 0)); len(out) != 0 || na.f.Drops(DropNoWaypoint) != 2 {
 			t.Fatal("a flow through a waypoint that is no peer was sent")
 		}
 		synctest.Wait()
 		na.delivered()
-		na.f.ClearPathOverride(d.addr)
+		na.f.ClearViaOverride(d.addr)
 
 		// MSS: 1420 - 144 is under 1280, so 1280 - 60 = 1220.
 		out := na.sendRaw(tcp6(a.addr, d.addr, 40002, 443, 0x02, 1360, 0))
@@ -423,14 +423,14 @@ func (i *inspector) InspectPacket(f TransitFlow, pkt []byte) Verdict {
 
 // A waypoint's inspection hook sees each flow, and each packet of the
 // flows it inspects, and drops what it says.
-func TestPathsInspection(t *testing.T) {
+func TestViaInspection(t *testing.T) {
 	a, w1, d := newTestAgent(1), newTestAgent(2), newTestAgent(4)
 	c := newChain(t)
 	insp := &inspector{}
 	via := []Waypoint{w1.waypoint()}
-	na := c.add(a, FilterConfig{Paths: staticPaths{out: map[netip.Addr][]Waypoint{d.addr: via}}})
+	na := c.add(a, FilterConfig{Via: staticVia{out: map[netip.Addr][]Waypoint{d.addr: via}}})
 	nw := c.add(w1, FilterConfig{Transit: &Transit{Inspector: insp}})
-	nd := c.add(d, FilterConfig{Paths: staticPaths{in: map[netip.Addr][]Waypoint{a.addr: via}}})
+	nd := c.add(d, FilterConfig{Via: staticVia{in: map[netip.Addr][]Waypoint{a.addr: via}}})
 	payload := func(s string, port uint16) []byte {
 		p := udp6(a.addr, d.addr, 40000, port, len(s))
 		copy(p[48:], s)
@@ -488,7 +488,7 @@ func BenchmarkSRv6Path(b *testing.B) {
 
 	for _, name := range []string{"copy", "source"} {
 		b.Run(name, func(b *testing.B) {
-			f := mk(a, FilterConfig{Paths: staticPaths{out: map[netip.Addr][]Waypoint{d.addr: {w1.waypoint(), w2.waypoint()}}}})
+			f := mk(a, FilterConfig{Via: staticVia{out: map[netip.Addr][]Waypoint{d.addr: {w1.waypoint(), w2.waypoint()}}}})
 			b.ReportAllocs()
 			for b.Loop() {
 				for i := range bufs {
@@ -527,7 +527,7 @@ func BenchmarkSRv6Path(b *testing.B) {
 				need = append(need, w.waypoint())
 				addrs = append(addrs, w.addr)
 			}
-			f := mk(d, FilterConfig{Paths: staticPaths{in: map[netip.Addr][]Waypoint{a.addr: need}}})
+			f := mk(d, FilterConfig{Via: staticVia{in: map[netip.Addr][]Waypoint{a.addr: need}}})
 			pkts := make([][]byte, batchSize)
 			for i := range pkts {
 				pkts[i] = buildSRv6(inner, addrs, uint64(i+1))

@@ -18,14 +18,14 @@ import (
 	"github.com/agent6/agent6/identity"
 )
 
-// pathsFunc is a Paths made of two functions.
-type pathsFunc struct {
+// viaFunc is a Via made of two functions.
+type viaFunc struct {
 	out func(Tuple) ([]Waypoint, error)
 	in  func(Tuple) []Waypoint
 }
 
-func (p pathsFunc) Outbound(t Tuple) ([]Waypoint, error) { return p.out(t) }
-func (p pathsFunc) Inbound(t Tuple) []Waypoint           { return p.in(t) }
+func (p viaFunc) Outbound(t Tuple) ([]Waypoint, error) { return p.out(t) }
+func (p viaFunc) Inbound(t Tuple) []Waypoint           { return p.in(t) }
 
 // wgNode is a device on a netstack, on loopback.
 type wgNode struct {
@@ -81,7 +81,7 @@ func mesh(t *testing.T, nodes ...*wgNode) {
 // reason.
 func TestWaypointsOverWireGuard(t *testing.T) {
 	var a, w1, w2, d *wgNode
-	// The policy, as each node's Paths would say it: A ↔ D:8080 through
+	// The policy, as each node's Via would say it: A ↔ D:8080 through
 	// W1, W2 (replies through W2, W1); everything else direct.
 	via := func(t Tuple) []Waypoint {
 		switch {
@@ -92,11 +92,11 @@ func TestWaypointsOverWireGuard(t *testing.T) {
 		}
 		return nil
 	}
-	paths := pathsFunc{out: func(t Tuple) ([]Waypoint, error) { return via(t), nil }, in: via}
-	a = newWGNode(t, FilterConfig{Paths: paths})
+	policy := viaFunc{out: func(t Tuple) ([]Waypoint, error) { return via(t), nil }, in: via}
+	a = newWGNode(t, FilterConfig{Via: policy})
 	w1 = newWGNode(t, FilterConfig{Transit: &Transit{}})
 	w2 = newWGNode(t, FilterConfig{Transit: &Transit{}})
-	d = newWGNode(t, FilterConfig{Paths: paths})
+	d = newWGNode(t, FilterConfig{Via: policy})
 	mesh(t, a, w1, w2, d)
 
 	ln, err := d.ns.ListenTCP(netip.AddrPortFrom(d.addr, 8080))
@@ -221,7 +221,7 @@ func TestWaypointsOverWireGuard(t *testing.T) {
 		{"W2 only", []Waypoint{w2.waypoint()}, DropWaypointBypassed},
 		{"W2 then W1", []Waypoint{w2.waypoint(), w1.waypoint()}, DropWaypointOrder},
 	} {
-		a.dev.Filter().SetPathOverride(d.addr, tc.via)
+		a.dev.Filter().SetViaOverride(d.addr, tc.via)
 		before := d.dev.Filter().Drops(tc.want)
 		for i := 0; d.dev.Filter().Drops(tc.want) == before; i++ {
 			if i == 100 {
@@ -232,7 +232,7 @@ func TestWaypointsOverWireGuard(t *testing.T) {
 		}
 	}
 	// Through W1 and W2 again, a datagram arrives; it is the first.
-	a.dev.Filter().ClearPathOverride(d.addr)
+	a.dev.Filter().ClearViaOverride(d.addr)
 	if _, err := uc.Write([]byte("through")); err != nil {
 		t.Fatal(err)
 	}
@@ -266,11 +266,11 @@ func readPcap(t *testing.T, b []byte) [][]byte {
 // the source's stack gets ICMPv6 "administratively prohibited" and the
 // connection attempt fails instead of retrying its SYN for a minute.
 func TestNoWaypointFailsAtOnce(t *testing.T) {
-	paths := pathsFunc{
+	policy := viaFunc{
 		out: func(Tuple) ([]Waypoint, error) { return nil, ErrNoWaypoint },
 		in:  func(Tuple) []Waypoint { return nil },
 	}
-	a := newWGNode(t, FilterConfig{Paths: paths})
+	a := newWGNode(t, FilterConfig{Via: policy})
 	d := newWGNode(t, FilterConfig{})
 	mesh(t, a, d)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

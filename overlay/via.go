@@ -33,18 +33,18 @@ func tupleOf(info *packetInfo) Tuple {
 	}
 }
 
-// ErrNoWaypoint is what Paths.Outbound returns for a flow that must cross
+// ErrNoWaypoint is what Via.Outbound returns for a flow that must cross
 // waypoints none of which is reachable: the flow fails closed.
 var ErrNoWaypoint = errors.New("overlay: no waypoint reachable")
 
-// Paths says which flows must cross which waypoints: policy's answer,
+// Via says which flows must cross which waypoints: policy's answer,
 // given to the filter. The filter asks once per flow and direction and
 // keeps the answer in the flow's entry, so an established flow costs no
-// call; ResetPaths makes every flow ask again at its next packet (policy
+// call; ResetVia makes every flow ask again at its next packet (policy
 // changed, a waypoint died). The methods are called from the packet path,
 // with no lock of the filter held: they must not block, and must be safe
 // for concurrent use. The filter copies what they return.
-type Paths interface {
+type Via interface {
 	// Outbound returns the waypoints, in the order they must be crossed,
 	// of the flow t that this node starts sending; none sends it directly.
 	// An error (ErrNoWaypoint) refuses the flow: its packets are dropped
@@ -132,7 +132,7 @@ type Transit struct {
 	Sign func(msg []byte) []byte
 }
 
-// outRoute is the cached answer of Paths.Outbound for one flow.
+// outRoute is the cached answer of Via.Outbound for one flow.
 type outRoute struct {
 	gen    uint64
 	refuse bool     // no waypoint: drop, tell the local stack
@@ -143,7 +143,7 @@ type outRoute struct {
 	seq    seqCount // the flow's proof-of-transit sequence
 }
 
-// inRoute is the cached answer of Paths.Inbound for one flow.
+// inRoute is the cached answer of Via.Inbound for one flow.
 type inRoute struct {
 	gen  uint64
 	need [][16]byte // waypoint addresses, in order

@@ -6,7 +6,11 @@ GO      ?= go
 # failure at the deadline, no failing input). A count has no deadline.
 FUZZTIME ?= 100000x
 
-.PHONY: all build demo test unit fuzz lint bench clean
+.PHONY: all build demo test unit fuzz lint bench clean install
+
+# Where `make install` puts things; DESTDIR for packaging.
+PREFIX  ?= /usr/local
+DESTDIR ?=
 
 all: build
 
@@ -27,10 +31,15 @@ fuzz:
 	@set -e; for spec in \
 		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
 		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
-		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParseSRv6 node/config:FuzzParse \
+		identity:FuzzParseDelegation identity:FuzzParseLink \
+		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParsePathFrame overlay:FuzzSTUN overlay:FuzzParseSRv6 \
+		node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
 		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
-		node/dns:FuzzAnswer; do \
+		node/dns:FuzzAnswer node/policy:FuzzDecode node/policy:FuzzCompile \
+		node/policy:FuzzParseSelector node/policy:FuzzParseAnnotation node/policy:FuzzParseTests \
+		node/audit:FuzzDecode node/audit:FuzzParseCheckpoint \
+		node/audit:FuzzWitness node/audit:FuzzAddCosignature; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); \
@@ -51,6 +60,22 @@ bench: build
 	./bin/netbench -bin bin -out bench/RESULTS.md $(BENCHFLAGS)
 	$(GO) run ./bench/cmd/gossipbench -out bench/RESULTS.md
 	$(GO) run ./bench/cmd/taskbench -out bench/RESULTS.md
+
+# The binary, the systemd unit and the agent6 user, shell completion, and
+# the sample configuration (kept if /etc/agent6/agent6.yaml exists). Then:
+# systemd-sysusers; agent6 keygen --out /etc/agent6/agent.key; chown
+# agent6: /etc/agent6/agent.key; edit /etc/agent6/agent6.yaml; systemctl
+# enable --now agent6 (README.md, "Running under systemd").
+install: build
+	install -D -m 0755 bin/agent6 $(DESTDIR)$(PREFIX)/bin/agent6
+	install -d -m 0755 $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/etc/agent6
+	sed 's|/usr/local/bin/agent6|$(PREFIX)/bin/agent6|' examples/systemd/agent6.service > $(DESTDIR)/etc/systemd/system/agent6.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/agent6.service
+	install -m 0644 examples/systemd/agent6.sysusers $(DESTDIR)/usr/lib/sysusers.d/agent6.conf
+	[ -e $(DESTDIR)/etc/agent6/agent6.yaml ] || install -m 0644 examples/agent6.yaml $(DESTDIR)/etc/agent6/agent6.yaml
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+	bin/agent6 completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/agent6
+	bin/agent6 completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agent6
 
 clean:
 	rm -rf bin

@@ -125,6 +125,14 @@ func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
 // PublicKey returns the CA's Ed25519 key, the signer of its revocations.
 func (ca *CA) PublicKey() PublicKey { return ca.key.Public() }
 
+// SignPolicy signs payload, an encoded policy document of the CA's trust
+// domain, as a record of type RecordPolicy with the CA key. What the
+// payload says is the policy package's business; Bundle.IsCAKey is how a
+// verifier checks the signer.
+func (ca *CA) SignPolicy(payload []byte) (SignedRecord, error) {
+	return SignRecord(ca.key, RecordPolicy, payload)
+}
+
 // CertificatePEM returns the CA certificate as PEM: a trust bundle of one.
 func (ca *CA) CertificatePEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: certPEMType, Bytes: ca.cert.Raw})

@@ -520,6 +520,33 @@ func TestFederation(t *testing.T) {
 	}
 }
 
+// TestIsCAKey: a bundle knows the keys of each domain's CAs, and only for
+// that domain; a CA signs policy records with its own key.
+func TestIsCAKey(t *testing.T) {
+	a, b, rotated := newTestCA(t, "a.example"), newTestCA(t, "b.example"), newTestCA(t, "a.example")
+	bundle := testBundle(t, a, b, rotated)
+	for _, c := range []struct {
+		td   string
+		key  PublicKey
+		want bool
+	}{
+		{"a.example", a.PublicKey(), true},
+		{"a.example", rotated.PublicKey(), true},
+		{"b.example", b.PublicKey(), true},
+		{"b.example", a.PublicKey(), false},
+		{"c.example", a.PublicKey(), false},
+		{"a.example", newTestKey(t).Public(), false},
+	} {
+		if got := bundle.IsCAKey(c.td, c.key); got != c.want {
+			t.Errorf("IsCAKey(%s, %s) = %v", c.td, c.key, got)
+		}
+	}
+	rec, err := a.SignPolicy([]byte("payload"))
+	if err != nil || rec.Type != RecordPolicy || !rec.Signer.Equal(a.PublicKey()) || rec.Verify() != nil {
+		t.Errorf("SignPolicy: %+v %v", rec, err)
+	}
+}
+
 func TestBundleRotation(t *testing.T) {
 	old, cur := newTestCA(t, "example.org"), newTestCA(t, "example.org")
 	// Duplicates count once.

@@ -17,6 +17,9 @@ const (
 	RecordPolicy     RecordType = 4
 	RecordCheckpoint RecordType = 5
 	RecordMeta       RecordType = 6 // the compact membership meta
+	RecordAcceptance RecordType = 7 // a child's acceptance of a delegation
+	RecordHello      RecordType = 8 // a fresh admission frame (HELLO, ACK)
+	RecordControl    RecordType = 9 // a signed control frame between admitted peers (LEAVE, END, ...)
 )
 
 func (t RecordType) String() string {
@@ -33,6 +36,12 @@ func (t RecordType) String() string {
 		return "checkpoint"
 	case RecordMeta:
 		return "meta"
+	case RecordAcceptance:
+		return "acceptance"
+	case RecordHello:
+		return "hello"
+	case RecordControl:
+		return "control"
 	}
 	return fmt.Sprintf("record-type-%d", uint8(t))
 }

@@ -171,16 +171,25 @@ func (b *Bundle) VerifyRevocation(rec SignedRecord) (*Revocation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
-	cas := b.cas[r.TrustDomain]
-	if len(cas) == 0 {
+	if len(b.cas[r.TrustDomain]) == 0 {
 		return nil, fmt.Errorf("%w: revocation: trust domain %q is not in the bundle", ErrUntrusted, r.TrustDomain)
 	}
-	for _, ca := range cas {
-		if ca.key.Equal(rec.Signer) {
-			return r, nil
+	if !b.IsCAKey(r.TrustDomain, rec.Signer) {
+		return nil, fmt.Errorf("%w: revocation of %s: signer %s is not a CA of trust domain %q", ErrUntrusted, r.ID, rec.Signer, r.TrustDomain)
+	}
+	return r, nil
+}
+
+// IsCAKey reports whether k is the key of a CA that b holds for
+// trustDomain: the check that makes a record CA-signed (revocations,
+// policy documents). It does not look at the CA's validity period.
+func (b *Bundle) IsCAKey(trustDomain string, k PublicKey) bool {
+	for _, ca := range b.cas[trustDomain] {
+		if ca.key.Equal(k) {
+			return true
 		}
 	}
-	return nil, fmt.Errorf("%w: revocation of %s: signer %s is not a CA of trust domain %q", ErrUntrusted, r.ID, rec.Signer, r.TrustDomain)
+	return false
 }
 
 // RevocationPEMType is the PEM block type of a revocation file.

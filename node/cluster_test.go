@@ -389,11 +389,19 @@ func TestAdmissionRefusals(t *testing.T) {
 		sendHello(t, seed, frame)
 		waitFor(t, 5*time.Second, what+" refused as "+string(r), func() bool { return refused(seed, r) > before })
 	}
+	hello := func(k identity.PrivateKey, record []byte) []byte {
+		t.Helper()
+		f, err := membership.HelloFrame(k, record, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
 
 	// A credential from a CA the seed does not trust.
 	rogue := newOrg(t, "evil.example")
 	k, der := rogue.issue(t, "mallory", time.Hour)
-	check("untrusted CA", membership.ReasonUntrusted, membership.HelloFrame(record(k, 1, der)))
+	check("untrusted CA", membership.ReasonUntrusted, hello(k, record(k, 1, der)))
 
 	// An expired credential from the right CA.
 	k, _ = identity.GeneratePrivateKey()
@@ -401,23 +409,23 @@ func TestAdmissionRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("expired credential", membership.ReasonExpired, membership.HelloFrame(record(k, 1, old)))
+	check("expired credential", membership.ReasonExpired, hello(k, record(k, 1, old)))
 
 	// A record signed by one key carrying another key's credential: its
 	// address would not be the credential's.
 	k1, _ := identity.GeneratePrivateKey()
 	_, der2 := o.issue(t, "victim", time.Hour)
-	check("someone else's credential", membership.ReasonKeyMismatch, membership.HelloFrame(record(k1, 1, der2)))
+	check("someone else's credential", membership.ReasonKeyMismatch, hello(k1, record(k1, 1, der2)))
 
-	// A forged record: one flipped bit in the signature.
+	// A forged HELLO: one flipped bit in its signature.
 	k, der = o.issue(t, "forged", time.Hour)
-	forged := record(k, 1, der)
+	forged := hello(k, record(k, 1, der))
 	forged[len(forged)-1] ^= 1
-	check("forged record", membership.ReasonBadSignature, membership.HelloFrame(forged))
+	check("forged HELLO", membership.ReasonBadSignature, forged)
 
 	// A replayed record with an older sequence number than one admitted.
 	k, der = o.issue(t, "replayed", time.Hour)
-	sendHello(t, seed, membership.HelloFrame(record(k, 10, der)))
+	sendHello(t, seed, hello(k, record(k, 10, der)))
 	kAddr, _ := k.Public().Addr()
 	waitFor(t, 5*time.Second, "record seq 10 admitted", func() bool {
 		// Admitted through HELLO; it never gossips, so memberlist calls it
@@ -425,7 +433,7 @@ func TestAdmissionRefusals(t *testing.T) {
 		m, ok := seed.Membership().Lookup(kAddr)
 		return ok && m.State == "alive"
 	})
-	check("replayed older record", membership.ReasonStale, membership.HelloFrame(record(k, 5, der)))
+	check("older record", membership.ReasonStale, hello(k, record(k, 5, der)))
 
 	// Garbage on the control channel.
 	check("malformed frame", membership.ReasonMalformed, []byte{0xa6, 9, 9, 9})

@@ -10,6 +10,8 @@ var (
 	ErrNotOverlay = errors.New("node: address is not an Agent6 overlay address")
 	// ErrNotLocal reports a listen address that is not this node's.
 	ErrNotLocal = errors.New("node: address is not this node's")
-	// ErrUnknownAddr reports an overlay address that no known key holds.
+	// ErrUnknownAddr reports an overlay address that no known key holds:
+	// WhoIs has no answer, and a Dial fails at once rather than at its
+	// deadline.
 	ErrUnknownAddr = errors.New("node: no known agent holds this address")
 )

@@ -23,6 +23,10 @@ func (t peerTable) SetPeer(key identity.WGPublicKey, ep netip.AddrPort, extra []
 	return t.dev.SetPeer(overlay.PeerConfig{PublicKey: key, Endpoint: ep, AllowedIPs: allowed})
 }
 
+func (t peerTable) AllowTask(key identity.WGPublicKey, task netip.Addr, allow bool) error {
+	return t.dev.SetAllowedIP(key, netip.PrefixFrom(task, 128), allow)
+}
+
 func (t peerTable) RemovePeer(key identity.WGPublicKey) error { return t.dev.RemovePeer(key) }
 
 func (t peerTable) Await(addr netip.Addr) { t.dev.Filter().Await(addr) }
@@ -78,6 +82,7 @@ func (n *Node) startMembership(port uint16, mtu int) error {
 
 		ReconnectInterval: n.ReconnectInterval,
 		OnPeerRemoved:     n.forgetPeer,
+		StateDir:          n.Dir,
 	})
 	if err != nil {
 		return fmt.Errorf("node: %w", err)

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -64,7 +65,8 @@ type Node struct {
 	// (created there, mode 0600, if absent); if Dir is empty too, a new
 	// ephemeral key is made.
 	Key identity.PrivateKey
-	// Dir is the node's state directory (only the key file, for now).
+	// Dir is the node's state directory (the sidecar's state_dir). Only
+	// the key file lives there, and only when Key is zero.
 	Dir string
 	// ListenPort is the WireGuard UDP port; 0 picks a free one.
 	ListenPort uint16
@@ -130,9 +132,9 @@ type Node struct {
 	tokens  []membership.Token
 	joined  chan struct{} // closed when a join succeeded (or none was asked)
 	closers map[io.Closer]struct{}
-	wg      sync.WaitGroup  // background goroutines: the join loop, task deliveries
-	ctx     context.Context // canceled by Close
-	stop    context.CancelFunc
+	wg      sync.WaitGroup     // background goroutines: the join loop, task deliveries
+	ctx     context.Context    // the join loop's and task deliveries'; canceled by Close
+	stop    context.CancelFunc // cancels ctx
 	tasks   map[netip.Addr]*Task
 }
 
@@ -160,9 +162,8 @@ func (n *Node) Up(ctx context.Context) error {
 		if !n.DisableDNS {
 			n.startDNS()
 		}
-		jctx, cancel := context.WithCancel(context.Background())
-		n.stop = cancel
-		n.wg.Go(func() { n.joinLoop(jctx) })
+		ctx := n.ctx // canceled by Close, like the task deliveries
+		n.wg.Go(func() { n.joinLoop(ctx) })
 	} else {
 		close(n.joined)
 	}
@@ -206,6 +207,12 @@ func (n *Node) up(ctx context.Context) error {
 		}
 		n.tokens = append(n.tokens, t)
 	}
+	// Whatever can fail is checked before the host changes (a TUN device,
+	// its address and route in sidecar mode): a second node started by
+	// mistake must fail without touching the first.
+	if err := portFree(n.ListenPort); err != nil {
+		return err
+	}
 	var backend tun.Device
 	if n.TUN != "" {
 		backend, err = overlay.CreateKernelTUN(n.TUN, mtu, n.addr)
@@ -239,6 +246,24 @@ func (n *Node) up(ctx context.Context) error {
 	}
 	n.log.Info("node up", "addr", n.addr, "peer", wgKey.Public().String(), "port", port, "mode", n.mode())
 	return ctx.Err()
+}
+
+// portFree reports an error if the UDP port (0: any) is taken, for IPv4
+// or IPv6, as WireGuard listens on both.
+func portFree(port uint16) error {
+	if port == 0 {
+		return nil
+	}
+	for _, network := range []string{"udp4", "udp6"} {
+		c, err := net.ListenUDP(network, &net.UDPAddr{Port: int(port)})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("node: UDP port %d is in use (another agent6? choose another ListenPort)", port)
+		}
+		if err == nil { // other errors: no IPv4 or IPv6 here, which WireGuard does without
+			c.Close()
+		}
+	}
+	return nil
 }
 
 func (n *Node) mode() string {
@@ -360,16 +385,80 @@ func (n *Node) RemovePeer(pub identity.WGPublicKey) error {
 }
 
 // Dial connects to address ("[overlay-addr]:port") on the named network
-// ("tcp", "tcp6", "udp", "udp6") from this node's address.
+// ("tcp", "tcp6", "udp", "udp6") from this node's address. An address
+// that no agent this node knows holds fails at once with an error
+// wrapping ErrUnknownAddr.
 func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, error) {
-	if _, err := n.running(); err != nil {
+	dev, err := n.running()
+	if err != nil {
 		return nil, fmt.Errorf("node: dial: %w", err)
 	}
-	ap, err := parseOverlayAddrPort(address)
+	ap, err := n.dialTarget(dev, network, address)
 	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+		return nil, err
 	}
 	return n.dial(ctx, network, ap)
+}
+
+// dialTarget parses a dial's network and address and checks that some
+// agent holds the address, so that a dial to nobody fails fast.
+func (n *Node) dialTarget(dev *overlay.Device, network, address string) (netip.AddrPort, error) {
+	ap, err := parseOverlayAddrPort(address)
+	if err != nil {
+		return ap, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	switch network {
+	case "tcp", "tcp6", "udp", "udp6":
+	default:
+		return ap, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	if err := n.held(dev, ap.Addr()); err != nil {
+		return ap, &net.OpError{Op: "dial", Net: network, Addr: addrOf(network, ap), Err: err}
+	}
+	return ap, nil
+}
+
+func addrOf(network string, ap netip.AddrPort) net.Addr {
+	if network == "udp" || network == "udp6" {
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+// held reports, as an error wrapping ErrUnknownAddr, that no agent this
+// node knows holds addr: not this node or its tasks, nothing in
+// membership's identity table (an agent being admitted counts: its
+// packets wait for it; one that left, was revoked or expired does not),
+// not a static peer.
+func (n *Node) held(dev *overlay.Device, addr netip.Addr) error {
+	if addr == n.addr {
+		return nil
+	}
+	if _, ok := n.Task(addr); ok {
+		return nil
+	}
+	why := "no peer has it"
+	if m := n.Membership(); m != nil {
+		why = "membership has not heard of it yet"
+		if h, ok := m.Resolve(addr); ok {
+			switch s := h.Member.State; s { // for a peer's task, its owner's
+			case membership.StateLeft.String(), membership.StateRevoked.String(), membership.StateExpired.String():
+				why = "the agent that held it is " + s
+			default:
+				return nil
+			}
+		}
+	}
+	peers, err := dev.Peers() // static peers
+	if err != nil {
+		return err
+	}
+	for _, p := range peers {
+		if p.Addr == addr {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w (%s)", ErrUnknownAddr, why)
 }
 
 // dial, listen and listenPacket work once the backend is up, before Up
@@ -421,7 +510,8 @@ func (n *Node) listenPacket(network string, ap netip.AddrPort) (net.PacketConn, 
 }
 
 // Listen listens for TCP connections ("tcp", "tcp6") on address, which is
-// ":port" or "[this-node's-address]:port". Close closes the listener too.
+// ":port", "[this-node's-address]:port" or the address of one of its
+// running tasks (Task.Listen). Close closes the listener too.
 func (n *Node) Listen(network, address string) (net.Listener, error) {
 	ap, err := n.localAddrPort(address)
 	if err != nil {
@@ -439,7 +529,8 @@ func (n *Node) Listen(network, address string) (net.Listener, error) {
 }
 
 // ListenPacket listens for UDP datagrams ("udp", "udp6") on address, which
-// is ":port" or "[this-node's-address]:port". Close closes it too.
+// is ":port", "[this-node's-address]:port" or a task's (Task.ListenPacket).
+// Close closes it too.
 func (n *Node) ListenPacket(network, address string) (net.PacketConn, error) {
 	ap, err := n.localAddrPort(address)
 	if err != nil {
@@ -518,9 +609,11 @@ func (n *Node) localAddrPort(address string) (netip.AddrPort, error) {
 		if err != nil {
 			return netip.AddrPort{}, fmt.Errorf("%w: %q", ErrNotLocal, host)
 		}
-		if a.Unmap() != local {
+		a = a.Unmap()
+		if _, task := n.Task(a); a != local && !task {
 			return netip.AddrPort{}, fmt.Errorf("%w: %s (this node is %s)", ErrNotLocal, a, local)
 		}
+		local = a
 	}
 	return netip.AddrPortFrom(local, uint16(port)), nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,15 @@ func TestDialErrors(t *testing.T) {
 	if _, err := a.Listen("tcp", "[2001:21::1]:80"); !errors.Is(err, node.ErrNotLocal) {
 		t.Errorf("listen on another address: err = %v, want ErrNotLocal", err)
 	}
+	// An overlay address no peer holds fails at once, not at the deadline.
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, network := range []string{"tcp", "udp"} {
+		_, err := a.Dial(dctx, network, "[2001:21::1]:80")
+		if !errors.Is(err, node.ErrUnknownAddr) || !strings.Contains(err.Error(), "no known agent holds") {
+			t.Errorf("dial %s to an address nobody holds: err = %v, want ErrUnknownAddr", network, err)
+		}
+	}
 	var idle node.Node
 	if _, err := idle.Dial(ctx, "tcp", "[2001:21::1]:80"); !errors.Is(err, node.ErrNotUp) {
 		t.Errorf("dial before Up: err = %v, want ErrNotUp", err)
@@ -203,5 +213,20 @@ func TestLifecycle(t *testing.T) {
 	defer n2.Close()
 	if n2.Addr() != addr {
 		t.Fatalf("restarted node has address %s, want %s", n2.Addr(), addr)
+	}
+}
+
+// A node whose UDP port is taken fails at Up, saying so, before it
+// creates anything.
+func TestUpPortInUse(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n := &node.Node{ListenPort: uint16(c.LocalAddr().(*net.UDPAddr).Port)}
+	defer n.Close()
+	if err := n.Up(context.Background()); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("Up on a taken port: %v, want an error saying it is in use", err)
 	}
 }

@@ -40,6 +40,16 @@ type MembershipStatus struct {
 	// admitted peer whose alive message never arrived, or with a peer
 	// declared dead a second before.
 	CatchUps uint64 `json:"catch_ups"`
+	// Revoked is set once this node learnt that its own credential is
+	// revoked (from a peer that refused it, with the CA-signed revocation,
+	// or from gossip): peers refuse it and it has stopped joining.
+	Revoked *RevokedStatus `json:"revoked,omitempty"`
+}
+
+// RevokedStatus is the revocation of this node's own credential.
+type RevokedStatus struct {
+	Serial    string    `json:"serial"`
+	RevokedAt time.Time `json:"revoked_at"`
 }
 
 // PeerStatus is one peer as the WireGuard device sees it.
@@ -161,9 +171,12 @@ func (n *Node) Status() (Status, error) {
 		for r, c := range ms.Refused {
 			st.Membership.Refused[string(r)] = c
 		}
+		if rev := ms.Revoked; rev != nil {
+			st.Membership.Revoked = &RevokedStatus{Serial: rev.Serial, RevokedAt: rev.RevokedAt}
+		}
 		select {
 		case <-n.Joined():
-			st.Membership.Joined = true
+			st.Membership.Joined = ms.Revoked == nil // a revoked node is out, whatever it joined
 		default:
 		}
 	}

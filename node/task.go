@@ -26,12 +26,19 @@ type TaskSpec struct {
 	Sensitivity string   // e.g. "low", "pii"
 	Scope       []string // what the task may reach (enforced by policy)
 	Budget      identity.Budget
-	// TTL is how long the task lives; 0 means one hour. A sub-agent cannot
-	// outlive its parent.
+	// TTL is how long the task lives; 0 means one hour, cut to what the
+	// bounds allow. A task cannot outlive the node's credential, nor a
+	// sub-agent its parent: a longer TTL is refused (ErrTaskTTL).
 	TTL time.Duration
 	// Parent, if set, makes this a sub-agent of that task, one level
-	// deeper (at most identity.MaxDelegationDepth).
+	// deeper (at most identity.MaxDelegationDepth). A sub-agent's scope
+	// and budget must lie within its parent's, and it belongs to its
+	// parent's trace.
 	Parent *Task
+	// TraceID names the work the task belongs to across agents and trust
+	// domains (W3C trace context's trace-id). Zero means a random one; a
+	// sub-agent inherits its parent's.
+	TraceID identity.TraceID
 }
 
 // Task is a delegated identity: its own key and address, signed for by the
@@ -43,36 +50,57 @@ type Task struct {
 	key    identity.PrivateKey
 	addr   netip.Addr
 	info   identity.Delegation
-	chain  [][]byte // signed delegations, root first
+	chain  [][]byte // delegation links (identity.Link encodings), root first
 	parent *Task
 
-	mu        sync.Mutex // guards delivered, ended
+	mu        sync.Mutex // guards delivered, ended, live, timer
 	delivered map[netip.Addr]bool
 	ended     bool
-	timer     *time.Timer
+	live      bool        // its address is on the node
+	timer     *time.Timer // the expiry; nil until the task is live
 }
 
 // Errors for tasks.
 var (
-	ErrTaskDepth  = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
+	ErrTaskDepth = fmt.Errorf("node: sub-agents nest at most %d deep", identity.MaxDelegationDepth)
+	// ErrTaskWider reports a sub-agent asked to reach or spend beyond its
+	// parent.
+	ErrTaskWider  = errors.New("node: a sub-agent must lie within its parent's scope, budget and life")
 	ErrTaskEnded  = errors.New("node: task ended")
 	ErrTaskExists = errors.New("node: a task with this ID is already running")
+	// ErrTaskTTL reports a TTL that would outlive the node's credential or
+	// the parent task.
+	ErrTaskTTL = errors.New("node: a task cannot outlive the node's credential or its parent task")
 )
 
 // StartTask mints a key for a task, signs its delegation and gives the
 // node its address. The first packet from the task to each peer is held
 // until that peer holds the delegation (delivered directly, one round
-// trip), then flows.
+// trip), then flows. A task lives at most as long as the node's credential
+// and a sub-agent at most as long as its parent: the default TTL is cut
+// to that, and a longer TTL asked for is refused with ErrTaskTTL.
 func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	if _, err := n.running(); err != nil {
 		return nil, fmt.Errorf("node: start task: %w", err)
 	}
-	if n.Membership() == nil {
+	m := n.Membership()
+	if m == nil {
 		return nil, ErrNoMembership
 	}
-	ttl := spec.TTL
-	if ttl <= 0 {
-		ttl = time.Hour
+	if p := spec.Parent; p != nil {
+		if p.n != n {
+			return nil, errors.New("node: parent task belongs to another node")
+		}
+		if p.Ended() {
+			return nil, fmt.Errorf("node: parent task: %w", ErrTaskEnded)
+		}
+		if p.info.Depth >= identity.MaxDelegationDepth {
+			return nil, ErrTaskDepth
+		}
+	}
+	notAfter, err := taskEnd(time.Now(), spec.TTL, m.Credential().NotAfter, spec.Parent)
+	if err != nil {
+		return nil, err
 	}
 	id := spec.ID
 	if id == "" {
@@ -85,44 +113,46 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	trace := spec.TraceID
+	if trace.IsZero() {
+		rand.Read(trace[:])
+	}
 	d := identity.Delegation{
 		Child: key.Public(), Owner: n.key.Public(), Class: spec.Class, Sensitivity: spec.Sensitivity,
-		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: time.Now().Add(ttl).UTC(),
-		Pseudonym: pseudonym,
+		Scope: spec.Scope, Budget: spec.Budget, Depth: 1, NotAfter: notAfter.UTC(),
+		Pseudonym: pseudonym, TraceID: trace,
 	}
 	signer := n.key
 	var chain [][]byte
 	if p := spec.Parent; p != nil {
-		if p.n != n {
-			return nil, errors.New("node: parent task belongs to another node")
-		}
-		if p.Ended() {
-			return nil, fmt.Errorf("node: parent task: %w", ErrTaskEnded)
-		}
-		if p.info.Depth >= identity.MaxDelegationDepth {
-			return nil, ErrTaskDepth
-		}
 		d.Depth = p.info.Depth + 1
-		if d.NotAfter.After(p.info.NotAfter) {
-			d.NotAfter = p.info.NotAfter
+		if !spec.TraceID.IsZero() && spec.TraceID != p.info.TraceID {
+			return nil, fmt.Errorf("node: a sub-agent belongs to its parent's trace %s, not %s", p.info.TraceID, spec.TraceID)
+		}
+		d.TraceID = p.info.TraceID
+		// What the caller leaves open, the sub-agent inherits: its
+		// parent's scope and each of its parent's budgets.
+		if len(d.Scope) == 0 {
+			d.Scope = p.info.Scope
+		}
+		d.Budget = inheritBudget(d.Budget, p.info.Budget)
+		if err := d.Within(&p.info); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrTaskWider, err)
 		}
 		signer, chain = p.key, append(chain, p.chain...)
 	}
 	d.Parent = signer.Public()
-	rec, err := identity.SignDelegation(signer, d)
+	link, err := identity.Delegate(signer, key, d)
 	if err != nil {
 		return nil, err
 	}
-	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, rec.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
-	// The expiry timer exists before anyone else can see the task.
-	t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
+	t := &Task{n: n, key: key, addr: d.ChildAddr(), info: d, chain: append(chain, link.Marshal()), parent: spec.Parent, delivered: map[netip.Addr]bool{}}
 	// Register first, so that the same ID cannot start twice (its
 	// pseudonym, the task's public name, would be ambiguous).
 	n.mu.Lock()
 	for _, o := range n.tasks {
 		if o.info.Pseudonym == pseudonym {
 			n.mu.Unlock()
-			t.timer.Stop()
 			return nil, fmt.Errorf("%w (as %s)", ErrTaskExists, pseudonym)
 		}
 	}
@@ -132,22 +162,89 @@ func (n *Node) StartTask(ctx context.Context, spec TaskSpec) (*Task, error) {
 	n.tasks[t.addr] = t
 	n.mu.Unlock()
 	if err := n.addTaskAddr(t.addr); err != nil {
-		t.timer.Stop()
+		t.mu.Lock()
+		t.ended = true
+		t.mu.Unlock()
 		n.mu.Lock()
 		delete(n.tasks, t.addr)
 		n.mu.Unlock()
 		return nil, err
 	}
+	// The expiry timer starts once the task is whole: registered, with its
+	// address. An End in between (through n.Tasks) found no address to
+	// remove, so the address goes here.
+	t.mu.Lock()
+	t.live = true
+	ended := t.ended
+	if !ended {
+		t.timer = time.AfterFunc(time.Until(d.NotAfter), func() { t.End() })
+	}
+	t.mu.Unlock()
+	if ended {
+		n.removeTaskAddr(t.addr)
+	}
 	n.log.Info("task started", "task", t.addr, "class", d.Class, "depth", d.Depth, "expires", d.NotAfter)
 	return t, ctx.Err()
 }
 
+// taskEnd returns when a task started at now with ttl ends: at now+ttl,
+// or for a zero ttl in an hour, but never after the node's credential
+// (credEnd) or the parent task. A ttl that would end it later is an error
+// naming both times.
+func taskEnd(now time.Time, ttl time.Duration, credEnd time.Time, parent *Task) (time.Time, error) {
+	limit, bound := credEnd, "the node's credential"
+	if parent != nil && parent.info.NotAfter.Before(limit) {
+		limit, bound = parent.info.NotAfter, "its parent task"
+	}
+	if ttl <= 0 {
+		end := now.Add(time.Hour)
+		if end.After(limit) {
+			end = limit
+		}
+		return end, nil
+	}
+	end := now.Add(ttl)
+	if end.After(limit) {
+		return time.Time{}, fmt.Errorf("%w: TTL %s would end it at %s, after %s, which ends at %s",
+			ErrTaskTTL, ttl, end.UTC().Format(time.RFC3339), bound, limit.UTC().Format(time.RFC3339))
+	}
+	return end, nil
+}
+
+// inheritBudget fills each limit b leaves open (zero) with parent's.
+func inheritBudget(b, parent identity.Budget) identity.Budget {
+	if b.Rate == 0 {
+		b.Rate = parent.Rate
+	}
+	if b.Bytes == 0 {
+		b.Bytes = parent.Bytes
+	}
+	if b.FanOut == 0 {
+		b.FanOut = parent.FanOut
+	}
+	return b
+}
+
+// addTaskAddr makes a one of this node's addresses: in the identity
+// table (which refuses an address another holds), on the TUN or netstack,
+// and in the filter.
 func (n *Node) addTaskAddr(a netip.Addr) error {
-	if n.tnet != nil {
-		if err := n.tnet.AddAddress(a); err != nil {
+	m := n.Membership()
+	if m != nil {
+		if err := m.ClaimLocal(a); err != nil {
 			return err
 		}
-	} else if err := overlay.AddTUNAddress(n.TUN, a); err != nil {
+	}
+	var err error
+	if n.tnet != nil {
+		err = n.tnet.AddAddress(a)
+	} else {
+		err = overlay.AddTUNAddress(n.TUN, a)
+	}
+	if err != nil {
+		if m != nil {
+			m.ReleaseLocal(a)
+		}
 		return err
 	}
 	n.dev.Filter().AddTask(a)
@@ -155,6 +252,9 @@ func (n *Node) addTaskAddr(a netip.Addr) error {
 }
 
 func (n *Node) removeTaskAddr(a netip.Addr) {
+	if m := n.Membership(); m != nil {
+		m.ReleaseLocal(a)
+	}
 	n.dev.Filter().RemoveTask(a)
 	var err error
 	if n.tnet != nil {
@@ -169,6 +269,9 @@ func (n *Node) removeTaskAddr(a netip.Addr) {
 
 // Addr returns the task's overlay address.
 func (t *Task) Addr() netip.Addr { return t.addr }
+
+// TraceID names the work the task belongs to (see TaskSpec.TraceID).
+func (t *Task) TraceID() identity.TraceID { return t.info.TraceID }
 
 // Pseudonym identifies the task to peers without revealing its ID.
 func (t *Task) Pseudonym() string { return t.info.Pseudonym }
@@ -206,15 +309,18 @@ func (t *Task) End() error {
 	for p := range t.delivered {
 		peers = append(peers, p)
 	}
+	live, timer := t.live, t.timer
 	t.mu.Unlock()
-	t.timer.Stop()
+	if timer != nil {
+		timer.Stop()
+	}
 	n := t.n
 	n.mu.Lock()
 	delete(n.tasks, t.addr)
 	closed := n.closed
 	n.mu.Unlock()
-	if closed {
-		return nil
+	if closed || !live {
+		return nil // StartTask removes the address it is adding
 	}
 	n.removeTaskAddr(t.addr)
 	if m := n.Membership(); m != nil {
@@ -226,16 +332,21 @@ func (t *Task) End() error {
 	return nil
 }
 
-// Dial connects from the task's address.
+// Dial connects from the task's address. An address that no agent the
+// node knows holds fails at once with an error wrapping ErrUnknownAddr.
 func (t *Task) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	if t.Ended() {
 		return nil, ErrTaskEnded
 	}
-	ap, err := parseOverlayAddrPort(address)
-	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-	}
 	n := t.n
+	dev, err := n.running()
+	if err != nil {
+		return nil, fmt.Errorf("node: dial: %w", err)
+	}
+	ap, err := n.dialTarget(dev, network, address)
+	if err != nil {
+		return nil, err
+	}
 	from := netip.AddrPortFrom(t.addr, 0)
 	switch network {
 	case "tcp", "tcp6":

@@ -26,12 +26,15 @@ type WhoIsResult struct {
 	Task *membership.TaskInfo `json:"task,omitempty"`
 }
 
-// WhoIs returns the identity behind an overlay address: this node, or one
-// of its peers. Because the address is derived from the key and WireGuard
-// only accepts packets from a peer's own address, the remote address of any
-// connection names the key that sent it: WhoIs(conn.RemoteAddr()) is an
-// authenticated answer. It fails with ErrUnknownAddr for an address no
-// known key holds.
+// WhoIs returns the identity behind an overlay address: this node, one of
+// its tasks, or a peer or a peer's task. Because the address is derived
+// from the key and WireGuard only accepts packets from a peer's own
+// address (or a task address it proved it delegated), the remote address
+// of any connection names the key that sent it: WhoIs(conn.RemoteAddr())
+// is an authenticated answer. With membership the answer comes from its
+// identity table, the one place that says who holds an address; without,
+// from the static WireGuard peers. It fails with ErrUnknownAddr for an
+// address no known key holds.
 func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
 	dev, err := n.running()
 	if err != nil {
@@ -41,36 +44,14 @@ func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
 	if !identity.IsOverlay(addr) {
 		return WhoIsResult{}, fmt.Errorf("node: whois %s: %w", addr, ErrNotOverlay)
 	}
-	if t, ok := n.Task(addr); ok {
-		r, err := n.WhoIs(n.Addr())
-		info := t.Info()
-		r.Addr, r.Task = addr, &info
-		return r, err
-	}
 	if m := n.Membership(); m != nil {
-		if ti, ok := m.LookupTask(addr); ok {
-			r, err := n.WhoIs(ti.Owner)
-			if err != nil {
-				return WhoIsResult{}, err
-			}
-			r.Addr, r.Task = addr, &ti
-			return r, nil
+		if h, ok := m.Resolve(addr); ok {
+			return n.whoIsHolder(m, addr, h)
 		}
+	} else if addr == n.Addr() {
+		return WhoIsResult{Addr: addr, PublicKey: n.PublicKey(), Self: true}, nil
 	}
-	if addr == n.Addr() {
-		r := WhoIsResult{Addr: addr, PublicKey: n.PublicKey(), Self: true}
-		if m := n.Membership(); m != nil {
-			c := m.Credential()
-			r.ID, r.TrustDomain, r.Groups, r.Roles, r.State = c.ID, c.TrustDomain, c.Groups, c.Roles, "alive"
-		}
-		return r, nil
-	}
-	if m := n.Membership(); m != nil {
-		if mb, ok := m.Lookup(addr); ok && mb.ID != "" {
-			return WhoIsResult{Addr: addr, PublicKey: mb.PublicKey, ID: mb.ID, TrustDomain: mb.TrustDomain,
-				Groups: mb.Groups, Roles: mb.Roles, State: mb.State}, nil
-		}
-	}
+	// A static peer, configured by hand.
 	peers, err := dev.Peers()
 	if err != nil {
 		return WhoIsResult{}, err
@@ -81,4 +62,35 @@ func (n *Node) WhoIs(addr netip.Addr) (WhoIsResult, error) {
 		}
 	}
 	return WhoIsResult{}, fmt.Errorf("whois %s: %w", addr, ErrUnknownAddr)
+}
+
+// whoIsHolder describes the holder of addr from membership's identity
+// table.
+func (n *Node) whoIsHolder(m *membership.Membership, addr netip.Addr, h membership.Holder) (WhoIsResult, error) {
+	switch h.Kind {
+	case membership.KindSelf:
+		return n.whoIsSelf(m), nil
+	case membership.KindLocalTask:
+		t, ok := n.Task(addr)
+		if !ok { // ended meanwhile
+			return WhoIsResult{}, fmt.Errorf("whois %s: %w", addr, ErrUnknownAddr)
+		}
+		r := n.whoIsSelf(m)
+		info := t.Info()
+		r.Addr, r.Task = addr, &info
+		return r, nil
+	}
+	mb := h.Member
+	if mb.ID == "" {
+		return WhoIsResult{}, fmt.Errorf("whois %s: %w", addr, ErrUnknownAddr)
+	}
+	return WhoIsResult{Addr: addr, PublicKey: mb.PublicKey, ID: mb.ID, TrustDomain: mb.TrustDomain,
+		Groups: mb.Groups, Roles: mb.Roles, State: mb.State, Task: h.Task}, nil
+}
+
+// whoIsSelf is this node as WhoIs shows it.
+func (n *Node) whoIsSelf(m *membership.Membership) WhoIsResult {
+	c := m.Credential()
+	return WhoIsResult{Addr: n.Addr(), PublicKey: n.PublicKey(), Self: true,
+		ID: c.ID, TrustDomain: c.TrustDomain, Groups: c.Groups, Roles: c.Roles, State: "alive"}
 }

@@ -49,6 +49,10 @@ type PeerConfig struct {
 	AllowedIPs []netip.Prefix
 	// PersistentKeepalive, if non-zero, keeps NAT mappings open.
 	PersistentKeepalive time.Duration
+	// Managed hands the peer's endpoint to the Bind's Paths (a *Bind with
+	// NewPaths on it): WireGuard's endpoint is then the peer itself, and
+	// each datagram takes the path Paths chooses. Endpoint must be zero.
+	Managed bool
 }
 
 // PeerStats is what the device reports of one peer.
@@ -101,6 +105,9 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 	if bind == nil {
 		bind = conn.NewDefaultBind()
 	}
+	if b, ok := bind.(*Bind); ok {
+		b.hs.setLocalKey(pub.Raw())
+	}
 	wgLog := &device.Logger{
 		Verbosef: func(format string, args ...any) {
 			// wireguard-go reports cryptokey-routing refusals only in its
@@ -110,6 +117,13 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 				strings.HasPrefix(format, "IPv4 packet with disallowed source address") {
 				filter.countPeerSpoof(fmt.Sprint(args...))
 				return
+			}
+			// An initiation wireguard-go refused will not be answered:
+			// the Bind stops holding ours behind it.
+			if b, ok := bind.(*Bind); ok && strings.HasPrefix(format, "Received invalid initiation message from") && len(args) == 1 {
+				if ap, err := netip.ParseAddrPort(fmt.Sprint(args[0])); err == nil {
+					b.hs.invalid(ap)
+				}
 			}
 			if log.Enabled(context.Background(), slog.LevelDebug) {
 				log.Debug("wireguard: " + fmt.Sprintf(format, args...))
@@ -180,7 +194,12 @@ func (d *Device) SetPeer(p PeerConfig) error {
 	raw := p.PublicKey.Raw()
 	var b strings.Builder
 	fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(raw[:]))
-	if p.Endpoint.IsValid() {
+	switch {
+	case p.Managed && p.Endpoint.IsValid():
+		return fmt.Errorf("overlay: peer %s: a managed peer has no fixed endpoint", p.PublicKey.ShortString())
+	case p.Managed:
+		fmt.Fprintf(&b, "endpoint=%s\n", ManagedEndpoint(p.PublicKey))
+	case p.Endpoint.IsValid():
 		fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 	}
 	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.PersistentKeepalive/time.Second))
@@ -207,10 +226,50 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		addrs = append(addrs, pfx)
 	}
 	d.filter.setPeerAddrs(p.PublicKey, addrs)
-	if b, ok := d.bind.(*Bind); ok && have == nil && p.Endpoint.IsValid() {
-		b.hs.redeliver(p.Endpoint, time.Now())
+	if b, ok := d.bind.(*Bind); ok && have == nil {
+		switch {
+		case p.Endpoint.IsValid():
+			b.hs.redeliver(p.Endpoint, time.Now())
+		case p.Managed:
+			b.hs.redeliver(netip.AddrPortFrom(p.PublicKey.Addr(), 0), time.Now())
+		}
 	}
 	d.log.Debug("peer set", "peer", p.PublicKey.ShortString(), "addr", p.PublicKey.Addr(), "endpoint", p.Endpoint, "allowed", len(want))
+	return nil
+}
+
+// SetAllowedIP adds (allow) or removes one prefix to or from the
+// AllowedIPs of an existing peer, leaving the others as they are: a task
+// that starts or ends costs one UAPI line, whatever the peer's other
+// tasks. It fails for a key that is not a peer.
+func (d *Device) SetAllowedIP(pub identity.WGPublicKey, pfx netip.Prefix, allow bool) error {
+	if !pfx.IsValid() {
+		return fmt.Errorf("overlay: peer %s: invalid allowed prefix", pub.ShortString())
+	}
+	pfx = pfx.Masked()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	have := d.allowed[pub]
+	if have == nil {
+		return fmt.Errorf("overlay: set allowed prefix %s: %s is not a peer", pfx, pub.ShortString())
+	}
+	if have[pfx] == allow {
+		return nil
+	}
+	raw := pub.Raw()
+	line := fmt.Sprintf("allowed_ip=%s\n", pfx)
+	if !allow {
+		line = fmt.Sprintf("allowed_ip=-%s\n", pfx)
+	}
+	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\n%s", hex.EncodeToString(raw[:]), line)); err != nil {
+		delete(d.allowed, pub) // unknown now: the next SetPeer replaces them all
+		return fmt.Errorf("overlay: set allowed prefix %s of %s: %w", pfx, pub.ShortString(), err)
+	}
+	if allow {
+		have[pfx] = true
+	} else {
+		delete(have, pfx)
+	}
 	return nil
 }
 

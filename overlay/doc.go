@@ -25,4 +25,10 @@
 // peers that initiate at the same moment, which would refuse each other's
 // responses, complete one handshake, and an initiation that arrived before
 // its peer was added is handed to WireGuard again when it is.
+//
+// The same socket answers STUN (stun.go) and carries path frames: with
+// Paths (paths.go), a peer's WireGuard endpoint is the peer itself and
+// each datagram takes its best confirmed path, a direct candidate, a
+// member relay (relay.go) or TURN (turn.go); docs/nat.md has the design
+// and the wire formats.
 package overlay

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"crypto/hmac"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/crypto/blake2s"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -69,7 +71,9 @@ const crossHold = 2 * time.Second
 const rekeyTimeout = 5 * time.Second
 
 // maxTracked bounds each table of initiations, one entry per endpoint:
-// beyond it, handshakes are left to wireguard-go's retry.
+// beyond it the oldest entry is forgotten (the tables of our initiations,
+// the peers' queued ones and the last from each endpoint), or the new one
+// is left to wireguard-go's retry (those held).
 const maxTracked = 4096
 
 // HandshakeStats counts what the Bind did for first handshakes.
@@ -96,10 +100,14 @@ func handshakeType(b []byte) byte {
 
 // endpointAddr is ep's address, IPv4-mapped IPv6 unmapped, so that the
 // endpoint WireGuard sends to and the source it hears from compare equal.
+// A peer whose paths the Bind manages is keyed by its overlay address,
+// whatever path its messages take.
 func endpointAddr(ep conn.Endpoint) (netip.AddrPort, bool) {
 	var ap netip.AddrPort
 	if e, ok := ep.(*conn.StdNetEndpoint); ok {
 		ap = e.AddrPort
+	} else if e, ok := ep.(*peerEndpoint); ok {
+		return e.hsKey, true
 	} else {
 		var err error
 		if ap, err = netip.ParseAddrPort(ep.DstToString()); err != nil {
@@ -131,13 +139,19 @@ const (
 // handshakes is the Bind's record of handshakes in flight. Safe for
 // concurrent use.
 type handshakes struct {
+	// mac1Key is HASH("mac1----" || this node's public key): only an
+	// initiation whose mac1 verifies under it (one made for this node) is
+	// tracked, so a datagram from anyone who does not know this node's key
+	// changes nothing here. Zero until the device sets it (setLocalKey).
+	mac1Key atomic.Pointer[[blake2s.Size]byte]
+
 	mu     sync.Mutex
-	sent   map[netip.AddrPort]sentInit    // our initiation awaiting its response
-	held   map[netip.AddrPort]*initiation // the peer's crossing one, held meanwhile
-	queued map[netip.AddrPort]sentInit    // the peer's, handed to WireGuard, not yet answered
-	own    map[netip.AddrPort]*initiation // ours, held meanwhile
-	last   map[netip.AddrPort]initiation  // the last one delivered, for redeliver
-	ready  chan initiation                // for the receive function
+	sent   *table[netip.AddrPort, sentInit]   // our initiation awaiting its response
+	held   map[netip.AddrPort]*initiation     // the peer's crossing one, held meanwhile
+	queued *table[netip.AddrPort, sentInit]   // the peer's, handed to WireGuard, not yet answered
+	own    map[netip.AddrPort]*initiation     // ours, held meanwhile
+	last   *table[netip.AddrPort, initiation] // the last one delivered, for redeliver
+	ready  chan initiation                    // for the receive function
 	send   func(pkt []byte, ep conn.Endpoint) error
 
 	crossHeld, crossAnswered, crossReleased, crossSuperseded, crossSentLate, redelivered atomic.Uint64
@@ -148,12 +162,51 @@ type handshakes struct {
 func newHandshakes(send func(pkt []byte, ep conn.Endpoint) error) *handshakes {
 	return &handshakes{
 		send:   send,
-		sent:   make(map[netip.AddrPort]sentInit),
+		sent:   newTable[netip.AddrPort, sentInit](maxTracked),
 		held:   make(map[netip.AddrPort]*initiation),
-		queued: make(map[netip.AddrPort]sentInit),
+		queued: newTable[netip.AddrPort, sentInit](maxTracked),
 		own:    make(map[netip.AddrPort]*initiation),
-		last:   make(map[netip.AddrPort]initiation),
+		last:   newTable[netip.AddrPort, initiation](maxTracked),
 		ready:  make(chan initiation, 2*maxTracked),
+	}
+}
+
+// setLocalKey sets this node's WireGuard public key, for the mac1 check.
+func (h *handshakes) setLocalKey(pub [32]byte) {
+	k := blake2s.Sum256(append([]byte("mac1----"), pub[:]...))
+	h.mac1Key.Store(&k)
+}
+
+// wgMAC1Offset is where an initiation's mac1 begins: it covers the bytes
+// before it.
+const wgMAC1Offset = wgInitiationSize - 32
+
+// validMAC1 reports whether initiation b carries a mac1 made for this
+// node's key (true while the key is unset): the check wireguard-go makes
+// first, as cheap (one BLAKE2s), and the bar for being tracked here.
+func (h *handshakes) validMAC1(b []byte) bool {
+	k := h.mac1Key.Load()
+	if k == nil {
+		return true
+	}
+	mac, _ := blake2s.New128(k[:])
+	mac.Write(b[:wgMAC1Offset])
+	var sum [blake2s.Size128]byte
+	return hmac.Equal(mac.Sum(sum[:0]), b[wgMAC1Offset:wgMAC1Offset+blake2s.Size128])
+}
+
+// invalid records that wireguard-go refused the initiation from ap as
+// invalid (a forgery that knew this node's key, or a stale one): it will
+// not answer it, so our own initiation held behind it goes out now
+// instead of after crossHold.
+func (h *handshakes) invalid(ap netip.AddrPort) {
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	h.mu.Lock()
+	h.queued.delete(ap)
+	own := h.own[ap]
+	h.mu.Unlock()
+	if own != nil {
+		h.sendOwn(ap, own)
 	}
 }
 
@@ -168,20 +221,6 @@ func (h *handshakes) stats() HandshakeStats {
 	}
 }
 
-// room makes room for one more entry in m, dropping those older than
-// maxAge, and reports whether there is.
-func room[V any](m map[netip.AddrPort]V, age func(V) time.Time, maxAge time.Duration, now time.Time) bool {
-	if len(m) < maxTracked {
-		return true
-	}
-	for k, v := range m {
-		if now.Sub(age(v)) > maxAge {
-			delete(m, k)
-		}
-	}
-	return len(m) < maxTracked
-}
-
 // initiated records this node's initiation b to ep, and reports whether
 // to send it now: not while wireguard-go holds the peer's initiation from
 // ep unanswered, which it would consume after ours, discarding it.
@@ -192,7 +231,7 @@ func (h *handshakes) initiated(b []byte, ep conn.Endpoint, now time.Time) (send 
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if q, ok := h.queued[ap]; ok && now.Sub(q.at) < crossHold {
+	if q, ok := h.queued.get(ap); ok && now.Sub(q.at) < crossHold {
 		if parked, _ := park(h.own, ap, b, ep, now, now.Add(crossHold), h.sendOwn); parked {
 			return false
 		}
@@ -234,9 +273,7 @@ func take(m map[netip.AddrPort]*initiation, ap netip.AddrPort, i *initiation) bo
 // record notes our initiation b to ap as awaiting its response. Called
 // with h.mu held.
 func (h *handshakes) record(ap netip.AddrPort, b []byte, now time.Time) {
-	if _, ok := h.sent[ap]; ok || room(h.sent, func(s sentInit) time.Time { return s.at }, crossHold, now) {
-		h.sent[ap] = sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now}
-	}
+	h.sent.put(ap, sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now})
 }
 
 // sendOwn sends our held initiation unless wireguard-go answered the
@@ -264,8 +301,8 @@ func (h *handshakes) responded(b []byte, ep conn.Endpoint) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if q, ok := h.queued[ap]; ok && q.index == binary.LittleEndian.Uint32(b[8:]) {
-		delete(h.queued, ap)
+	if q, ok := h.queued.get(ap); ok && q.index == binary.LittleEndian.Uint32(b[8:]) {
+		h.queued.delete(ap)
 		if h.own[ap] != nil {
 			delete(h.own, ap)
 			h.crossSuperseded.Add(1)
@@ -278,10 +315,8 @@ func (h *handshakes) responded(b []byte, ep conn.Endpoint) {
 // until it answers, an initiation of ours would be discarded too. Called
 // with h.mu held.
 func (h *handshakes) handed(ap netip.AddrPort, b []byte, now time.Time) {
-	delete(h.sent, ap)
-	if _, ok := h.queued[ap]; ok || room(h.queued, func(q sentInit) time.Time { return q.at }, crossHold, now) {
-		h.queued[ap] = sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now}
-	}
+	h.sent.delete(ap)
+	h.queued.put(ap, sentInit{index: binary.LittleEndian.Uint32(b[4:]), at: now})
 }
 
 // received looks at a handshake message b from ep before WireGuard does,
@@ -295,11 +330,14 @@ func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold b
 	if !ok {
 		return false
 	}
+	if typ == wgInitiation && !h.validMAC1(b) {
+		return false // not for this node: wireguard-go drops it, nothing to track
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if typ == wgResponse {
-		if s, ok := h.sent[ap]; ok && binary.LittleEndian.Uint32(b[8:]) == s.index {
-			delete(h.sent, ap)
+		if s, ok := h.sent.get(ap); ok && binary.LittleEndian.Uint32(b[8:]) == s.index {
+			h.sent.delete(ap)
 			if h.held[ap] != nil {
 				delete(h.held, ap)
 				h.crossAnswered.Add(1)
@@ -319,7 +357,7 @@ func (h *handshakes) received(b []byte, ep conn.Endpoint, now time.Time) (hold b
 // awaits its response, for less than crossHold, and has the larger sender
 // index. Called with h.mu held.
 func (h *handshakes) hold(ap netip.AddrPort, b []byte, ep conn.Endpoint, now time.Time) bool {
-	s, outstanding := h.sent[ap]
+	s, outstanding := h.sent.get(ap)
 	if !outstanding || !now.Before(s.at.Add(crossHold)) || binary.LittleEndian.Uint32(b[4:]) >= s.index {
 		return false
 	}
@@ -333,11 +371,8 @@ func (h *handshakes) hold(ap netip.AddrPort, b []byte, ep conn.Endpoint, now tim
 // keep remembers b as the last initiation delivered from ap. Called with
 // h.mu held.
 func (h *handshakes) keep(ap netip.AddrPort, b []byte, ep conn.Endpoint, now time.Time) {
-	l, ok := h.last[ap]
-	if !ok && !room(h.last, func(i initiation) time.Time { return i.at }, rekeyTimeout, now) {
-		return
-	}
-	h.last[ap] = initiation{pkt: append(l.pkt[:0], b...), ep: ep, at: now}
+	l, _ := h.last.get(ap)
+	h.last.put(ap, initiation{pkt: append(l.pkt[:0], b...), ep: ep, at: now})
 }
 
 // release delivers held unless the response to ours came first.
@@ -359,8 +394,8 @@ func (h *handshakes) release(ap netip.AddrPort, held *initiation) {
 func (h *handshakes) redeliver(ap netip.AddrPort, now time.Time) {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	h.mu.Lock()
-	l, ok := h.last[ap]
-	delete(h.last, ap)
+	l, ok := h.last.get(ap)
+	h.last.delete(ap)
 	h.mu.Unlock()
 	l.why = redelivered
 	if ok && now.Sub(l.at) < rekeyTimeout {

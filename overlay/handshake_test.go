@@ -78,8 +78,8 @@ func TestCrossingTieBreak(t *testing.T) {
 	if st := c.stats(); st != (HandshakeStats{CrossHeld: 1, CrossAnswered: 1}) {
 		t.Fatalf("stats %+v, want one held and answered", st)
 	}
-	if len(c.held) != 0 || len(c.sent) != 0 {
-		t.Fatalf("left %d held, %d in flight", len(c.held), len(c.sent))
+	if len(c.held) != 0 || c.sent.len() != 0 {
+		t.Fatalf("left %d held, %d in flight", len(c.held), c.sent.len())
 	}
 	if c.received(initMsg(5), p, now) {
 		t.Fatal("held an initiation after ours was answered")
@@ -110,7 +110,7 @@ func TestCrossingSuperseded(t *testing.T) {
 		c.initiated(initMsg(101), p, now.Add(20*time.Millisecond)) {
 		t.Fatal("sent an initiation while WireGuard had the peer's to answer")
 	}
-	if len(c.sent) != 0 {
+	if c.sent.len() != 0 {
 		t.Fatal("recorded an initiation not sent")
 	}
 	c.responded(respMsg(3, 99), p) // not the answer to the peer's
@@ -137,7 +137,7 @@ func TestCrossingSuperseded(t *testing.T) {
 		t.Fatal("our held initiation was never sent")
 	}
 	c.mu.Lock()
-	s := c.sent[q.(*conn.StdNetEndpoint).AddrPort]
+	s, _ := c.sent.get(q.(*conn.StdNetEndpoint).AddrPort)
 	c.mu.Unlock()
 	if s.index != 103 {
 		t.Fatalf("in flight to q: %+v, want our initiation 103", s)
@@ -468,8 +468,8 @@ func FuzzHandshakes(f *testing.F) {
 		h.redeliver(netip.MustParseAddrPort("127.0.0.1:1000"), now)
 		h.mu.Lock() // a held one's release timer may fire
 		defer h.mu.Unlock()
-		if len(h.held) > 1 || len(h.sent) > 1 || len(h.last) > 1 || len(h.queued) > 1 {
-			t.Fatalf("tables grew: %d held, %d sent, %d last, %d queued", len(h.held), len(h.sent), len(h.last), len(h.queued))
+		if len(h.held) > 1 || h.sent.len() > 1 || h.last.len() > 1 || h.queued.len() > 1 {
+			t.Fatalf("tables grew: %d held, %d sent, %d last, %d queued", len(h.held), h.sent.len(), h.last.len(), h.queued.len())
 		}
 	})
 }

@@ -17,9 +17,15 @@ import (
 
 // CreateKernelTUN creates the kernel TUN interface name with the given MTU,
 // gives it addr as a /128, brings it up and routes the Agent6 prefix
-// (2001:20::/28) into it. It needs CAP_NET_ADMIN. Closing the returned
-// device removes the interface, its address and its route.
+// (2001:20::/28) into it. It needs CAP_NET_ADMIN. Before touching anything
+// it checks that no interface is called name and that no route for the
+// prefix exists (another agent6 in this network namespace, or a stale
+// configuration): it never takes over what it did not create. Closing the
+// returned device removes the interface, and with it its address and route.
 func CreateKernelTUN(name string, mtu int, addr netip.Addr) (tun.Device, error) {
+	if err := CheckKernelTUN(name); err != nil {
+		return nil, err
+	}
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EPERM) {
@@ -37,6 +43,31 @@ func CreateKernelTUN(name string, mtu int, addr netip.Addr) (tun.Device, error) 
 		return nil, err
 	}
 	return dev, nil
+}
+
+// CheckKernelTUN reports, without changing anything, why CreateKernelTUN
+// would fail here: an interface called name exists, or a route for the
+// Agent6 prefix exists.
+func CheckKernelTUN(name string) error {
+	if _, err := netlink.LinkByName(name); err == nil {
+		return fmt.Errorf("overlay: interface %q exists (another agent6, or a stale device; `ip link del %s` if nothing uses it)", name, name)
+	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
+		return fmt.Errorf("overlay: look for interface %q: %w", name, err)
+	}
+	pfx := identity.Prefix
+	dst := &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 128)}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Dst: dst, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("overlay: list routes for %s: %w", pfx, err)
+	}
+	if len(routes) == 0 {
+		return nil
+	}
+	dev := fmt.Sprintf("interface index %d", routes[0].LinkIndex)
+	if l, err := netlink.LinkByIndex(routes[0].LinkIndex); err == nil {
+		dev = l.Attrs().Name
+	}
+	return fmt.Errorf("overlay: %s is already routed to %s (another agent6 in this network namespace?)", pfx, dev)
 }
 
 func configureLink(name string, mtu int, addr netip.Addr) error {
@@ -69,7 +100,9 @@ func configureLink(name string, mtu int, addr netip.Addr) error {
 		Dst:       &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 128)},
 		Src:       addr.AsSlice(),
 	}
-	if err := netlink.RouteReplace(route); err != nil {
+	// Add, never replace: a route that appeared since CheckKernelTUN is
+	// someone else's.
+	if err := netlink.RouteAdd(route); err != nil {
 		return fmt.Errorf("overlay: route %s into %q: %w", pfx, name, err)
 	}
 	return nil

@@ -15,6 +15,11 @@ func CreateKernelTUN(name string, mtu int, addr netip.Addr) (tun.Device, error) 
 	return nil, errors.New("overlay: kernel TUN mode is only supported on Linux")
 }
 
+// CheckKernelTUN is only implemented on Linux.
+func CheckKernelTUN(name string) error {
+	return errors.New("overlay: kernel TUN mode is only supported on Linux")
+}
+
 // AddTUNAddress is only implemented on Linux.
 func AddTUNAddress(name string, addr netip.Addr) error {
 	return errors.New("overlay: kernel TUN mode is only supported on Linux")

@@ -2,10 +2,8 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -13,33 +11,13 @@ import (
 	"github.com/agent6/agent6/identity"
 )
 
-const caUsage = `usage: agent6 ca <subcommand> [flags]
-
-subcommands:
-  init    create a trust domain's CA: DIR/ca.crt (the trust bundle) and DIR/ca.key
-  issue   issue an agent credential (X.509-SVID) for an agent key
-  revoke  write a CA-signed revocation of a credential, for gossip
-
-Run 'agent6 ca <subcommand> -h' for its flags.
-`
-
-func runCA(args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: missing subcommand (init, issue or revoke)", errUsage)
-	}
-	switch args[0] {
-	case "init":
-		return runCAInit(args[1:], stdout)
-	case "issue":
-		return runCAIssue(args[1:], stdout)
-	case "revoke":
-		return runCARevoke(args[1:], stdout)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(os.Stderr, caUsage)
-		return flag.ErrHelp
-	}
-	return fmt.Errorf("%w: unknown subcommand %q (want init, issue or revoke)", errUsage, args[0])
+var caCommands = map[string]command{
+	"init":   {summary: "create a trust domain's CA: DIR/ca.crt (the trust bundle) and DIR/ca.key", run: runCAInit},
+	"issue":  {summary: "issue an agent credential (X.509-SVID) for an agent key", run: runCAIssue},
+	"revoke": {summary: "write a CA-signed revocation of a credential, for gossip", run: runCARevoke},
 }
+
+func runCA(args []string, stdout io.Writer) error { return dispatch("ca", caCommands, args, stdout) }
 
 func runCAInit(args []string, stdout io.Writer) error {
 	fs := newFlags("ca init", "--trust-domain DOMAIN --out DIR [--ttl 8760h] [--force]")

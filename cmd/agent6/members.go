@@ -15,9 +15,18 @@ import (
 	"github.com/agent6/agent6/node/localapi"
 )
 
-// socketFlag adds --socket, the LocalAPI's unix socket, to fs.
+// defaultSocket is where the commands that talk to the sidecar find it
+// without --socket.
+const defaultSocket = config.DefaultLocalAPI
+
+// socketFlag adds --socket, the LocalAPI's unix socket, to fs: by default
+// $AGENT6_SOCKET, or defaultSocket.
 func socketFlag(fs *flag.FlagSet) *string {
-	return fs.String("socket", config.DefaultLocalAPI, "LocalAPI unix socket")
+	def := os.Getenv("AGENT6_SOCKET")
+	if def == "" {
+		def = defaultSocket
+	}
+	return fs.String("socket", def, "LocalAPI unix socket; $AGENT6_SOCKET sets the default")
 }
 
 func client(socket string) (*localapi.Client, context.Context, context.CancelFunc) {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,8 +64,34 @@ type sidecar struct {
 	addr   netip.Addr
 	pubkey string
 	cmd    *exec.Cmd
-	log    bytes.Buffer
-	extra  string // the config lines of the last start
+	log    syncBuffer
+	extra  string   // the config lines of the last start
+	env    []string // added to the environment of `agent6 up`
+}
+
+// syncBuffer is a bytes.Buffer that a running process writes while the
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func (b *syncBuffer) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b.Reset()
 }
 
 func newSidecar(t *testing.T, bin string, ns *netns.NS) *sidecar {
@@ -101,6 +128,9 @@ func (s *sidecar) start(t *testing.T, extra string, peers ...*sidecar) {
 		t.Fatal(err)
 	}
 	s.cmd = s.ns.Command(context.Background(), s.bin, "up", "--config", path)
+	if s.env != nil {
+		s.cmd.Env = append(os.Environ(), s.env...)
+	}
 	s.log.Reset()
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
 	if err := s.cmd.Start(); err != nil {
@@ -115,15 +145,12 @@ func (s *sidecar) start(t *testing.T, extra string, peers ...*sidecar) {
 			t.Logf("%s log:\n%s", s.ns.Name, s.log.String())
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := s.status(t); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar in %s never answered on %s", s.ns.Name, s.socket)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// As a script would: agent6 wait, then the ready line is out.
+	if out, err := exec.Command(s.bin, "wait", "--timeout", "10s", "--socket", s.socket).CombinedOutput(); err != nil {
+		t.Fatalf("sidecar in %s never answered on %s: %v\n%s", s.ns.Name, s.socket, err, out)
+	}
+	if !strings.Contains(s.log.String(), "agent6 ready: "+s.addr.String()) {
+		t.Fatalf("sidecar in %s answers without having printed its ready line", s.ns.Name)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,44 +30,83 @@ func runStatus(args []string, stdout io.Writer) error {
 	if *asJSON {
 		return writeJSON(stdout, st)
 	}
-	fmt.Fprintf(stdout, "address     %s\npublic key  %s\nlisten port %d\nmode        %s", st.Addr, st.PublicKey, st.ListenPort, st.Mode)
+	return writeStatus(stdout, st, time.Now())
+}
+
+// writeStatus prints st as text: one labelled line per part, then a
+// table of the WireGuard peers. It shows everything the JSON has.
+func writeStatus(w io.Writer, st node.Status, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	line := func(label, format string, args ...any) { fmt.Fprintf(tw, label+"\t"+format+"\n", args...) }
+	line("address", "%s", st.Addr)
+	line("public key", "%s (WireGuard)", st.PublicKey)
+	line("agent key", "%s (Ed25519)", st.AgentKey)
+	line("listen port", "%d/udp", st.ListenPort)
 	if st.TUN != "" {
-		fmt.Fprintf(stdout, " (%s)", st.TUN)
+		line("mode", "%s (%s)", st.Mode, st.TUN)
+	} else {
+		line("mode", "%s", st.Mode)
 	}
 	if m := st.Membership; m != nil {
-		fmt.Fprintf(stdout, "\nidentity    %s\nmembers     %d admitted, joined=%v, trusting %s", m.SPIFFEID, m.Members, m.Joined, strings.Join(m.TrustDomains, ", "))
-		if len(m.Refused) > 0 {
-			fmt.Fprintf(stdout, ", refused %v", m.Refused)
+		line("identity", "%s (trust domain %s)", m.SPIFFEID, m.TrustDomain)
+		line("trusting", "%s", strings.Join(m.TrustDomains, ", "))
+		joined := "joined"
+		if !m.Joined {
+			joined = "not joined yet"
 		}
+		line("members", "%d admitted, %s", m.Members, joined)
+		line("refused", "%s", counts(m.Refused))
+		line("catch-ups", "%d", m.CatchUps)
+	} else {
+		line("membership", "none (static peers only)")
 	}
 	f := st.Filter
-	fmt.Fprintf(stdout, "\nfilter      in %d pkts / %d B, out %d pkts / %d B, %d flows, drops %v", f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Drops)
+	line("filter", "in %d packets / %d B, out %d packets / %d B; %d flows, %d untracked, %d held",
+		f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Untracked, f.Held)
+	line("drops", "%s", counts(f.Drops))
 	if f.Forwarded > 0 || f.TransitFlows > 0 {
-		fmt.Fprintf(stdout, "\nwaypoint    forwarded %d pkts / %d B, %d flows now", f.Forwarded, f.ForwardedBytes, f.TransitFlows)
+		line("waypoint", "forwarded %d packets / %d B, %d flows now", f.Forwarded, f.ForwardedBytes, f.TransitFlows)
 	}
 	if f.ICMPErrors > 0 || f.ICMPLimited > 0 {
-		fmt.Fprintf(stdout, "\nicmp        %d errors to the local stack (%d rate-limited)", f.ICMPErrors, f.ICMPLimited)
+		line("icmp", "%d errors to the local stack, %d not sent (rate limit)", f.ICMPErrors, f.ICMPLimited)
 	}
-	if h := st.Handshakes; h != (node.HandshakeStatus{}) {
-		fmt.Fprintf(stdout, "\nhandshakes  crossed: %d held (%d answered, %d released), ours %d superseded, %d sent late; %d redelivered",
-			h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.CrossSuperseded, h.CrossSentLate, h.Redelivered)
-	}
+	h := st.Handshakes
+	line("handshakes", "crossed: %d held (%d answered, %d released), ours %d superseded, %d sent late; %d redelivered",
+		h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.CrossSuperseded, h.CrossSentLate, h.Redelivered)
 	if ns := st.Netstack; ns != nil {
-		fmt.Fprintf(stdout, "\nnetstack    UDP receive buffer drops %d, to no socket %d; TCP retransmits %d", ns.UDPReceiveBufferDrops, ns.UDPUnknownPort, ns.TCPRetransmits)
+		line("netstack", "UDP receive buffer drops %d, to no socket %d; TCP retransmits %d", ns.UDPReceiveBufferDrops, ns.UDPUnknownPort, ns.TCPRetransmits)
 	}
-	fmt.Fprint(stdout, "\n\n")
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER ADDRESS\tPUBLIC KEY\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
 	for _, p := range st.Peers {
 		hs := "never"
 		if p.LastHandshake != nil {
-			hs = time.Since(*p.LastHandshake).Round(time.Second).String() + " ago"
+			hs = now.Sub(*p.LastHandshake).Round(time.Second).String() + " ago"
 		}
 		ep := "-"
 		if p.Endpoint.IsValid() {
 			ep = p.Endpoint.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", p.Addr, p.PublicKey, ep, hs, p.RxBytes, p.TxBytes)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d B\t%d B\n", p.Addr, p.PublicKey, ep, hs, p.RxBytes, p.TxBytes)
 	}
 	return tw.Flush()
+}
+
+// counts prints counters by name, sorted by name: "malformed 2,
+// stale 1", or "none".
+func counts(m map[string]uint64) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if m[k] != 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,32 +12,14 @@ import (
 	"github.com/agent6/agent6/node/localapi"
 )
 
-const taskUsage = `usage: agent6 task <subcommand> [flags]
-
-subcommands:
-  start  start a task (a delegated identity with its own address); prints its id and address
-  end    end a task by id: its address goes away and the peers that knew it are told
-  list   list the running tasks
-
-Run 'agent6 task <subcommand> -h' for its flags.
-`
+var taskCommands = map[string]command{
+	"start": {summary: "start a task (a delegated identity with its own address); prints its id and address", run: runTaskStart},
+	"end":   {summary: "end a task by id: its address goes away and the peers that knew it are told", run: runTaskEnd},
+	"list":  {summary: "list the running tasks", run: runTaskList},
+}
 
 func runTask(args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: missing subcommand (start, end or list)", errUsage)
-	}
-	switch args[0] {
-	case "start":
-		return runTaskStart(args[1:], stdout)
-	case "end":
-		return runTaskEnd(args[1:], stdout)
-	case "list":
-		return runTaskList(args[1:], stdout)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(os.Stderr, taskUsage)
-		return flag.ErrHelp
-	}
-	return fmt.Errorf("%w: unknown subcommand %q (want start, end or list)", errUsage, args[0])
+	return dispatch("task", taskCommands, args, stdout)
 }
 
 func runTaskStart(args []string, stdout io.Writer) error {
@@ -48,7 +29,7 @@ func runTaskStart(args []string, stdout io.Writer) error {
 	fs.StringVar(&req.Class, "class", "", "the task's class, e.g. tool-call or retrieval")
 	fs.StringVar(&req.Sensitivity, "sensitivity", "", "the data it handles, e.g. low or pii")
 	fs.Var(&scope, "scope", "what the task may reach (repeatable)")
-	fs.DurationVar(&req.TTL, "ttl", 0, "how long the task lives (default: the node's, one hour)")
+	fs.DurationVar(&req.TTL, "ttl", 0, "how long the task lives (default: one hour, cut to the node's credential or the parent task; longer than those is refused)")
 	fs.StringVar(&req.Parent, "parent", "", "id of a running task: start a sub-agent of it")
 	fs.StringVar(&req.ID, "id", "", "your own name for the task; it never leaves the node (default: random)")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -105,7 +86,7 @@ func runTaskList(args []string, stdout io.Writer) error {
 		return writeJSON(stdout, tasks)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tCLASS\tSENSITIVITY\tDEPTH\tEXPIRES\tPARENT")
+	fmt.Fprintln(tw, "ID\tADDRESS\tCLASS\tSENSITIVITY\tDEPTH\tEXPIRES\tPARENT\tUID")
 	ids := make(map[netip.Addr]string, len(tasks))
 	for _, t := range tasks {
 		ids[t.Addr] = t.ID
@@ -118,8 +99,12 @@ func runTaskList(args []string, stdout io.Writer) error {
 				parent = p.String()
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\tin %s\t%s\n", t.ID, t.Addr, orDash(t.Class), orDash(t.Sensitivity), t.Depth,
-			time.Until(t.Expires).Round(time.Second), parent)
+		uid := "-" // started by the node's own program
+		if t.UID != nil {
+			uid = strconv.FormatUint(uint64(*t.UID), 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\tin %s\t%s\t%s\n", t.ID, t.Addr, orDash(t.Class), orDash(t.Sensitivity), t.Depth,
+			time.Until(t.Expires).Round(time.Second), parent, uid)
 	}
 	return tw.Flush()
 }

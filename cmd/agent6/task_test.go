@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -37,17 +39,18 @@ func TestTaskCommands(t *testing.T) {
 	}
 
 	out, err = run("list", "--socket", sock)
+	uid := strconv.Itoa(os.Getuid()) // who started them
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	row := func(i int) string { // the row's fields, the time left (9m59s or 10m0s) as T
 		f := strings.Fields(lines[i])
-		if len(f) == 8 && f[5] == "in" && (f[6] == "10m0s" || strings.HasPrefix(f[6], "9m5")) {
+		if len(f) == 9 && f[5] == "in" && (f[6] == "10m0s" || strings.HasPrefix(f[6], "9m5")) {
 			f[6] = "T"
 		}
 		return strings.Join(f, " ")
 	}
 	if err != nil || len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") ||
-		row(1) != id+" "+task.Addr().String()+" tool-call low 1 in T -" ||
-		row(2) != sub.ID+" "+sub.Addr.String()+" retrieval - 2 in T "+id {
+		row(1) != id+" "+task.Addr().String()+" tool-call low 1 in T - "+uid ||
+		row(2) != sub.ID+" "+sub.Addr.String()+" retrieval - 2 in T "+id+" "+uid {
 		t.Fatalf("task list:\n%s%v", out, err)
 	}
 	out, err = run("list", "--json", "--socket", sock)

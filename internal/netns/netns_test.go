@@ -140,3 +140,43 @@ func TestNewLANBadSize(t *testing.T) {
 		t.Error("NewLAN with 0 nodes succeeded")
 	}
 }
+
+// Home hosts reach the internet through their routers' NAT; nothing on
+// the internet reaches a home host.
+func TestInternet(t *testing.T) {
+	ctx := setup(t)
+	for _, tool := range []string{"iptables", "conntrack"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	in, err := netns.NewInternet(ctx, "a6t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	pub, err := in.AddPublic(ctx, "pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []netns.NATMode{netns.EndpointIndependent, netns.EndpointDependent} {
+		h, err := in.AddHome(ctx, "home", mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ping(ctx, t, h.Host, pub)
+		ping(ctx, t, h.Host, in.Core)
+		if out, err := pub.Run(ctx, "ping", "-c1", "-W1", h.Host.Addr.String()); err == nil {
+			t.Fatalf("%s: the internet reached a home host:\n%s", mode, out)
+		}
+		if err := h.FlushConntrack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v", err)
+	}
+}

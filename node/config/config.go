@@ -7,6 +7,9 @@
 //	tun: agent6                       # interface name
 //	mtu: 1420
 //	localapi: /run/agent6/agent6.sock # unix socket
+//	localapi_group: agent6            # group of the socket: its members may use the LocalAPI
+//	localapi_admin_group: agent6-admin # members may also revoke (as root may)
+//	state_dir: /var/lib/agent6        # what the node keeps across restarts
 //	log_level: info                   # debug, info, warn, error
 //	peers:                            # static peers
 //	  - public_key: "base64 WireGuard public key"
@@ -34,7 +37,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +57,7 @@ const (
 	DefaultListenPort = 51820
 	DefaultTUN        = "agent6"
 	DefaultLocalAPI   = "/run/agent6/agent6.sock"
+	DefaultStateDir   = "/var/lib/agent6"
 )
 
 // Config is a loaded, validated configuration.
@@ -63,8 +69,14 @@ type Config struct {
 	TUN        string
 	MTU        int
 	LocalAPI   string
-	LogLevel   slog.Level
-	Peers      []node.Peer
+	// LocalAPIGID is the group given the socket (localapi_group), and
+	// AdminGID the group whose members may make the LocalAPI's admin
+	// writes (localapi_admin_group); -1 when unset.
+	LocalAPIGID int
+	AdminGID    int
+	StateDir    string // the node's state directory (node.Node.Dir)
+	LogLevel    slog.Level
+	Peers       []node.Peer
 
 	CredentialFile  string
 	Credential      []byte // DER
@@ -97,13 +109,16 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // file mirrors the YAML document.
 type file struct {
-	Key        *string `yaml:"key"`
-	ListenPort *int    `yaml:"listen_port"`
-	TUN        *string `yaml:"tun"`
-	MTU        *int    `yaml:"mtu"`
-	LocalAPI   *string `yaml:"localapi"`
-	LogLevel   *string `yaml:"log_level"`
-	Peers      []peer  `yaml:"peers"`
+	Key           *string `yaml:"key"`
+	ListenPort    *int    `yaml:"listen_port"`
+	TUN           *string `yaml:"tun"`
+	MTU           *int    `yaml:"mtu"`
+	LocalAPI      *string `yaml:"localapi"`
+	LocalAPIGroup *string `yaml:"localapi_group"`
+	AdminGroup    *string `yaml:"localapi_admin_group"`
+	StateDir      *string `yaml:"state_dir"`
+	LogLevel      *string `yaml:"log_level"`
+	Peers         []peer  `yaml:"peers"`
 
 	Credential  *string  `yaml:"credential"`
 	TrustBundle *string  `yaml:"trust_bundle"`
@@ -121,7 +136,9 @@ type peer struct {
 }
 
 var (
-	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "card", "disable_dns"}
+	// topKeys are the keys a configuration file may hold, in the order
+	// the documentation gives them.
+	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "localapi_group", "localapi_admin_group", "state_dir", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "card", "disable_dns"}
 	peerKeys = []string{"public_key", "endpoint", "persistent_keepalive"}
 )
 
@@ -165,7 +182,8 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, &Error{File: path, Err: err}
 	}
 
-	c := &Config{Path: path, KeyFile: DefaultKey, ListenPort: DefaultListenPort, TUN: DefaultTUN, MTU: node.DefaultMTU, LocalAPI: DefaultLocalAPI, LogLevel: slog.LevelInfo, DisableDNS: raw.DisableDNS}
+	c := &Config{Path: path, KeyFile: DefaultKey, ListenPort: DefaultListenPort, TUN: DefaultTUN, MTU: node.DefaultMTU, LocalAPI: DefaultLocalAPI,
+		LocalAPIGID: -1, AdminGID: -1, StateDir: DefaultStateDir, LogLevel: slog.LevelInfo, DisableDNS: raw.DisableDNS}
 	if raw.Key != nil {
 		if *raw.Key == "" {
 			return nil, fail("key", "empty path")
@@ -198,6 +216,29 @@ func Parse(path string, data []byte) (*Config, error) {
 			return nil, fail("localapi", "empty path")
 		}
 		c.LocalAPI = *raw.LocalAPI
+	}
+	for _, g := range []struct {
+		field string
+		raw   *string
+		gid   *int
+	}{{"localapi_group", raw.LocalAPIGroup, &c.LocalAPIGID}, {"localapi_admin_group", raw.AdminGroup, &c.AdminGID}} {
+		if g.raw == nil {
+			continue
+		}
+		gid, err := lookupGroup(*g.raw)
+		if err != nil {
+			return nil, fail(g.field, "%v", err)
+		}
+		*g.gid = gid
+	}
+	if raw.StateDir != nil {
+		if *raw.StateDir == "" {
+			return nil, fail("state_dir", "empty path")
+		}
+		c.StateDir = *raw.StateDir
+		if !filepath.IsAbs(c.StateDir) {
+			c.StateDir = filepath.Join(filepath.Dir(path), c.StateDir)
+		}
 	}
 	if raw.LogLevel != nil {
 		if err := c.LogLevel.UnmarshalText([]byte(*raw.LogLevel)); err != nil {
@@ -373,10 +414,23 @@ func checkMapping(m *yaml.Node, prefix string, allowed []string, path string) er
 	return nil
 }
 
+// lookupGroup returns the ID of the group named s, or s itself if it is a
+// number (a group need not have a name).
+func lookupGroup(s string) (int, error) {
+	if g, err := user.LookupGroup(s); err == nil {
+		return strconv.Atoi(g.Gid)
+	}
+	if id, err := strconv.ParseUint(s, 10, 31); err == nil {
+		return int(id), nil
+	}
+	return -1, fmt.Errorf("no group %q on this host (a group name or a numeric ID)", s)
+}
+
 // Node returns the sidecar node this configuration describes.
 func (c *Config) Node(logger *slog.Logger) *node.Node {
 	return &node.Node{
 		Key:        c.Key,
+		Dir:        c.StateDir,
 		ListenPort: c.ListenPort,
 		TUN:        c.TUN,
 		MTU:        c.MTU,

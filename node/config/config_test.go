@@ -119,6 +119,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("key: agent.key\nlisten_port: 1\npeers:\n  - public_key: " + peerKey + "\n    endpoint: 192.0.2.1:1\n"))
 	f.Add([]byte("peers: [{public_key: x}]"))
 	f.Add([]byte("&a [*a]"))
+	f.Add([]byte("key: agent.key\nlocalapi_group: root\nlocalapi_admin_group: \"4242\"\nstate_dir: state\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("fuzz.yaml", data) // the key file never exists: only parsing is exercised
 		if err == nil && c == nil {

@@ -21,7 +21,9 @@ import (
 // passes or the client goes away; peer keeps only those to or from one
 // overlay address. When the stream ends on its own, the trailers
 // Agent6-Capture-Packets and Agent6-Capture-Dropped say what it wrote and
-// what it dropped because the client read too slowly.
+// what it dropped because the client read too slowly. A capture shows
+// every local agent's traffic in the clear, so it needs what revocations
+// need: root, the node's user, or a member of an admin group.
 
 // maxCaptureDuration bounds the duration parameter.
 const maxCaptureDuration = 24 * time.Hour
@@ -32,6 +34,9 @@ const (
 )
 
 func (s *Server) capture(w http.ResponseWriter, r *http.Request) {
+	if !s.mayWrite(w, r, s.admin, "root or a member of the LocalAPI's admin group (a capture shows every agent's traffic)") {
+		return
+	}
 	q := r.URL.Query()
 	if !s.params(w, q, "peer", "duration") {
 		return

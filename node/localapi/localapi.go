@@ -9,7 +9,8 @@
 //	GET  /v1/invite       {"token": "agent6://KEY@host:port"}
 //	POST /v1/revocations  body: a revocation (PEM from `agent6 ca revoke`); applied and gossiped
 //	POST /v1/tasks        body: TaskRequest {"class", "sensitivity", "scope", "ttl": "10m", "budget",
-//	                      "parent": id, "id": caller's name}; 201 Task {"id", "address", "expires", "depth", ...}
+//	                      "parent": id, "id": caller's name}; 201 Task {"id", "address", "expires", "depth",
+//	                      "uid": the caller's, ...}; a TTL beyond the node's credential or the parent is 422
 //	GET  /v1/tasks        []Task: the running tasks
 //	DELETE /v1/tasks/{id} 204: the task ends, its address goes and its peers are told
 //	GET  /v1/capture?peer=&duration=
@@ -18,6 +19,18 @@
 //
 // Errors are JSON objects {"error": message, "code": stable-code} with a
 // 4xx or 5xx status.
+//
+// # Callers
+//
+// Whoever can open the socket (mode 0660: its owner and its group, see
+// ListenGroup) may read every GET endpoint but /v1/capture, and start
+// tasks. Writes depend on who the caller is, which the kernel says for
+// each connection (SO_PEERCRED): a task belongs to the uid that started
+// it, and only that uid or root may end it or start a sub-agent of it;
+// revocations and captures need root or a member of one of
+// Server.AdminGroups. The user the node runs as counts as root. Anything
+// else is refused with 403 and code "forbidden", counted
+// (agent6_localapi_forbidden_total) and logged, at most once every 10 s.
 package localapi
 
 import (
@@ -37,6 +50,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +65,7 @@ const (
 	CodeBadRequest       = "bad_request"
 	CodeRefused          = "refused"
 	CodeNoMembership     = "no_membership"
+	CodeForbidden        = "forbidden"
 	CodeInternal         = "internal"
 )
 
@@ -79,9 +94,18 @@ func (e *Error) Error() string {
 type Server struct {
 	Node   *node.Node
 	Logger *slog.Logger
+	// AdminGroups are the groups whose members may make the admin writes
+	// (revocations), as root may. Nil: root and the node's own user only.
+	AdminGroups []uint32
 
-	badRequests atomic.Uint64
-	stopping    context.Context // Serve's: done when it shuts down (streams end)
+	badRequests      atomic.Uint64
+	forbidden        atomic.Uint64
+	lastForbiddenLog atomic.Int64 // unix nanos
+
+	mu     sync.Mutex            // guards owners
+	owners map[netip.Addr]uint32 // task address -> the uid that started it
+
+	stopping context.Context // Serve's: done when it shuts down (streams end)
 }
 
 // Handler returns the API's HTTP handler.
@@ -244,6 +268,9 @@ type RevokeResponse struct {
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	if !s.mayWrite(w, r, s.admin, "root or a member of the LocalAPI's admin group") {
+		return
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil || len(body) > maxBody {
 		s.badRequests.Add(1)
@@ -283,8 +310,12 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 
 // Listen creates the unix socket at path (and its directory), replacing a
 // stale socket that nobody serves, and refusing one that is in use. The
-// socket is mode 0660.
-func Listen(path string) (net.Listener, error) {
+// socket is mode 0660, of the process's user and group.
+func Listen(path string) (net.Listener, error) { return ListenGroup(path, -1) }
+
+// ListenGroup is Listen with the socket given group gid (-1: the
+// process's), whose members may then use the LocalAPI.
+func ListenGroup(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("localapi: socket directory: %w", err)
 	}
@@ -306,17 +337,25 @@ func Listen(path string) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("localapi: %w", err)
 	}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("localapi: socket group: %w", err)
+		}
+	}
 	return ln, nil
 }
 
 // Serve serves the API on ln until ctx is done, then shuts down, waiting
 // up to five seconds for requests in flight. Closing ln removes a unix
-// socket file.
+// socket file. Each connection carries its caller's credentials, which
+// the writes need (see the package doc).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.stopping = ctx
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       s.connContext,
 	}
 	if s.Logger != nil {
 		srv.ErrorLog = slog.NewLogLogger(s.Logger.Handler(), slog.LevelWarn)

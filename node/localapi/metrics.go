@@ -55,6 +55,8 @@ var (
 		"Push/pulls repairing what gossip lost: with an admitted peer whose alive message never arrived, or with a peer declared dead a second before.", nil, nil)
 	descBadRequests = prometheus.NewDesc("agent6_localapi_bad_requests_total",
 		"LocalAPI requests refused as malformed (bad path, method, parameter or body).", nil, nil)
+	descForbidden = prometheus.NewDesc("agent6_localapi_forbidden_total",
+		"LocalAPI requests refused for their caller (403): a write the caller's uid or groups do not allow.", nil, nil)
 	descDNS = prometheus.NewDesc("agent6_dns_queries_total",
 		"DNS queries answered, by result (answered, nodata, nxdomain, refused, malformed, not_implemented).", []string{"result"}, nil)
 )
@@ -66,7 +68,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
-		descFlows, descForwarded, descForwardedBytes, descTransitFlows, descICMP, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descDNS} {
+		descFlows, descForwarded, descForwardedBytes, descTransitFlows, descICMP, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descForbidden, descDNS} {
 		ch <- d
 	}
 }
@@ -79,6 +81,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	counter(descBadRequests, c.s.BadRequests())
+	counter(descForbidden, c.s.Forbidden())
 	if st, ok := c.s.Node.DNSStats(); ok {
 		for result, v := range st.ByResult() {
 			counter(descDNS, v, result)

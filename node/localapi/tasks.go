@@ -29,7 +29,8 @@ type TaskRequest struct {
 	Scope       []string // what the task may reach
 	Budget      identity.Budget
 	// TTL is how long the task lives; 0 means the node's default (one
-	// hour). A sub-agent never outlives its parent.
+	// hour, cut to the node's credential or the parent task). A TTL that
+	// would outlive either is refused (422, code "refused").
 	TTL time.Duration
 	// Parent is the id (pseudonym) of a running task: the new task is its
 	// sub-agent, one level deeper.
@@ -93,12 +94,20 @@ type Task struct {
 	Depth       int          `json:"depth"`
 	Expires     time.Time    `json:"expires"`
 	Parents     []netip.Addr `json:"parents"` // the agent first, then parent tasks
+	// UID is the user that started the task through the LocalAPI, who
+	// (with root) may end it; absent for a task the node's program
+	// started itself.
+	UID *uint32 `json:"uid,omitempty"`
 }
 
-func taskOf(t *node.Task) Task {
+func (s *Server) taskOf(t *node.Task) Task {
 	info := t.Info()
-	return Task{ID: t.Pseudonym(), Addr: t.Addr(), Class: info.Class, Sensitivity: info.Sensitivity, Scope: info.Scope,
+	out := Task{ID: t.Pseudonym(), Addr: t.Addr(), Class: info.Class, Sensitivity: info.Sensitivity, Scope: info.Scope,
 		Depth: info.Depth, Expires: info.Expires, Parents: info.Parents}
+	if uid, ok := s.owner(t.Addr()); ok {
+		out.UID = &uid
+	}
+	return out
 }
 
 // findTask returns the running task whose pseudonym is id.
@@ -129,7 +138,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []Task{}
 	for _, t := range s.Node.Tasks() {
-		out = append(out, taskOf(t))
+		out = append(out, s.taskOf(t))
 	}
 	// What ends next first; a parent before its sub-agents.
 	slices.SortFunc(out, func(a, b Task) int {
@@ -169,9 +178,17 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 	}
 	spec := node.TaskSpec{ID: req.ID, Class: req.Class, Sensitivity: req.Sensitivity, Scope: req.Scope, Budget: req.Budget, TTL: req.TTL}
 
+	caller, known := callerOf(r)
+	if !known {
+		s.forbid(w, r, caller, known, "a caller whose uid is known (the task belongs to it)")
+		return
+	}
 	if req.Parent != "" {
 		if spec.Parent = s.findTask(req.Parent); spec.Parent == nil {
 			writeError(w, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no running task %q (parent)", req.Parent))
+			return
+		}
+		if !s.mayWrite(w, r, s.ownerOrPrivileged(spec.Parent.Addr()), fmt.Sprintf("the uid that started task %s, or root", req.Parent)) {
 			return
 		}
 	}
@@ -179,8 +196,11 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 	if t != nil && err != nil {
 		t.End() // started, but the caller is gone
 	}
+	if err == nil {
+		s.setOwner(t.Addr(), caller.UID)
+	}
 	switch {
-	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists):
+	case errors.Is(err, node.ErrTaskDepth), errors.Is(err, node.ErrTaskExists), errors.Is(err, node.ErrTaskWider), errors.Is(err, node.ErrTaskTTL):
 		writeError(w, http.StatusUnprocessableEntity, CodeRefused, err.Error())
 	case errors.Is(err, node.ErrNoMembership):
 		writeError(w, http.StatusConflict, CodeNoMembership, err.Error())
@@ -189,7 +209,7 @@ func (s *Server) startTask(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, CodeInternal, err.Error())
 	default:
-		writeJSON(w, http.StatusCreated, taskOf(t))
+		writeJSON(w, http.StatusCreated, s.taskOf(t))
 	}
 }
 
@@ -202,6 +222,9 @@ func (s *Server) endTask(w http.ResponseWriter, r *http.Request) {
 	t := s.findTask(id)
 	if t == nil {
 		writeError(w, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no running task %q", id))
+		return
+	}
+	if !s.mayWrite(w, r, s.ownerOrPrivileged(t.Addr()), fmt.Sprintf("the uid that started task %s, or root", id)) {
 		return
 	}
 	if err := t.End(); err != nil {

@@ -110,10 +110,14 @@ func TestTasks(t *testing.T) {
 	}
 
 	// Sub-agents nest up to identity.MaxDelegationDepth, never outliving
-	// their parent.
+	// their parent: a longer TTL is refused, the default cut to the parent.
+	if _, err := c.StartTask(ctx, localapi.TaskRequest{Class: "sub", Parent: task.ID, TTL: time.Hour}); !errors.As(err, &apiErr) ||
+		apiErr.Status != 422 || apiErr.Code != localapi.CodeRefused || !strings.Contains(apiErr.Message, "parent") {
+		t.Fatalf("sub-agent outliving its parent: %v", err)
+	}
 	parent := task
 	for depth := 2; depth <= identity.MaxDelegationDepth; depth++ {
-		sub, err := c.StartTask(ctx, localapi.TaskRequest{Class: "sub", Parent: parent.ID, TTL: time.Hour})
+		sub, err := c.StartTask(ctx, localapi.TaskRequest{Class: "sub", Parent: parent.ID})
 		if err != nil {
 			t.Fatalf("depth %d: %v", depth, err)
 		}
@@ -175,6 +179,7 @@ func TestTaskErrors(t *testing.T) {
 		{"POST", "/v1/tasks", `[]`, 400, localapi.CodeBadRequest, true},
 		{"POST", "/v1/tasks?x=1", `{}`, 400, localapi.CodeBadRequest, true},
 		{"POST", "/v1/tasks", `{"parent":"nope"}`, 404, localapi.CodeNotFound, false},
+		{"POST", "/v1/tasks", `{"ttl":"1000000h"}`, 422, localapi.CodeRefused, false},
 		{"PUT", "/v1/tasks", `{}`, 405, localapi.CodeMethodNotAllowed, true},
 		{"GET", "/v1/tasks/abc", ``, 405, localapi.CodeMethodNotAllowed, true},
 		{"DELETE", "/v1/tasks/abc", ``, 404, localapi.CodeNotFound, false},

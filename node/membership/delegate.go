@@ -74,8 +74,8 @@ func (d *delegate) LocalState(join bool) []byte {
 	m := d.m()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	revs := make([][]byte, 0, len(m.revs))
-	for _, r := range m.revs {
+	revs := make([][]byte, 0, len(m.revs.byDigest))
+	for _, r := range m.revs.byDigest {
 		revs = append(revs, r.raw)
 	}
 	return encodeState(nil, revs)
@@ -89,7 +89,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		case stateRecord:
 			m.mu.Lock()
 			known := false
-			if p := m.peers[m.signerAddr(v)]; p != nil && p.admitted && p.rec.digest == digestOf(v) {
+			if p := m.ids.agents[m.signerAddr(v)]; p != nil && p.admitted() && p.rec.digest == digestOf(v) {
 				known = true
 			}
 			m.mu.Unlock()
@@ -98,7 +98,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 			}
 		case stateRevocation:
 			m.mu.Lock()
-			_, seen := m.revs[digestOf(v)]
+			_, seen := m.revs.byDigest[digestOf(v)]
 			m.mu.Unlock()
 			if !seen {
 				m.enqueue(event{kind: evRevocation, data: v})
@@ -130,8 +130,15 @@ func (m *Membership) verifiedMeta(b []byte) (*meta, error) {
 		delete(m.metaCache, old)
 	}
 	if len(m.metaCache) >= maxRefused {
-		clear(m.metaCache)
-		clear(m.metaByAddr)
+		// Full (an insider can gossip made-up agents, each with a
+		// self-signed meta): forget one at random, not the whole cache.
+		for k, old := range m.metaCache {
+			delete(m.metaCache, k)
+			if m.metaByAddr[old.addr] == k {
+				delete(m.metaByAddr, old.addr)
+			}
+			break
+		}
 	}
 	m.metaCache[string(b)] = mt
 	m.metaByAddr[addr] = string(b)
@@ -149,7 +156,7 @@ func (m *Membership) verifiedMeta(b []byte) (*meta, error) {
 func (m *Membership) recordImplies(mt *meta) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := m.peers[mt.addr]
+	p := m.ids.agents[mt.addr]
 	if p == nil || p.rec == nil || p.rec.digest != mt.digest || p.rec.seq != mt.seq || !p.rec.agentKey.Equal(mt.agentKey) {
 		return false
 	}
@@ -216,11 +223,22 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 	m.mu.Lock()
 	r, bad := m.refused[mt.digest]
 	known, current, seq := false, false, uint64(0)
-	if p := m.peers[addr]; p != nil {
+	if p := m.ids.agents[addr]; p != nil {
 		known, seq = true, p.rec.seq
-		current = p.admitted && p.rec.digest == mt.digest
+		current = p.admitted() && p.rec.digest == mt.digest
 	}
+	crowded := !known && len(m.asking) >= maxRefused
 	m.mu.Unlock()
+	if crowded {
+		// As many unknown agents are being asked as this node holds packets
+		// for: refuse more (memberlist will not list this one), as gossip
+		// about made-up agents would otherwise grow memberlist's table
+		// without bound. A real one is announced again, by gossip or the
+		// next push/pull.
+		err := refusal(ReasonOverload, errors.New("too many unknown agents announced at once"))
+		m.refuse(err, "node", n.Name)
+		return err
+	}
 	if bad {
 		err := refusal(r, errors.New("record refused before"))
 		m.refuse(err, "node", n.Name)

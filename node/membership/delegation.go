@@ -14,52 +14,46 @@ import (
 	"github.com/agent6/agent6/identity"
 )
 
-// TaskPort is the UDP port, on each node's overlay address, where
-// delegations are delivered. Frames travel inside WireGuard, so their
-// source address is the authenticated owner.
+// TaskPort is the UDP port, on each node's overlay address, where peer
+// frames (delegations, their acknowledgements, task ends, leaves) are
+// delivered. They travel inside WireGuard, so their source address is an
+// admitted agent's, and each is signed by that agent's key, so that no
+// other process on the agent's host — which can bind its address — can
+// send one.
 const TaskPort = 7947
 
-// Task frames: magic | version | type | body.
+// Limits on peer frames, per peer and in all: a task start costs one
+// DELEGATE per peer it talks to (resent every 250 ms until acknowledged),
+// a task end one END.
 const (
-	frameDelegate = 3 // body: n(1) then n × (len(2) | SignedRecord), root first
-	frameDAck     = 4 // body: task address(16)
-	frameEnd      = 5 // body: task address(16)
-	// frameLeave: the sender is leaving the cluster (body: none). It
-	// travels inside WireGuard, so its source is authenticated; memberlist
-	// cannot tell its receivers a graceful leave from a death (v0.7.0
-	// hands NotifyLeave a Node whose State is never set), and a death is
-	// given a grace before its peer is removed (markDead).
-	frameLeave = 6
+	peerPerSource  = 200
+	peerBurst      = 400
+	peerTotal      = 4000
+	peerTotalBurst = 8000
 )
 
-// ReasonBadDelegation counts delegations refused: forged, broken chain,
-// expired, too deep, or from a node that is not the owner.
+// ReasonBadDelegation counts delegations refused: forged, not accepted by
+// their child, broken chain, expired, wider than their parent, too deep,
+// or from a node that is not the owner.
 const ReasonBadDelegation Reason = "bad_delegation"
 
 // ErrNotPeer reports a destination that is no admitted agent.
 var ErrNotPeer = errors.New("membership: destination is not an admitted agent or one of its tasks")
 
-// remoteTask is a peer's task this node has accepted.
-type remoteTask struct {
-	chain []*identity.Delegation // root first; the last is the task
-	info  TaskInfo               // computed once: WhoIs is on hot paths
-}
-
-func (t *remoteTask) leaf() *identity.Delegation { return t.chain[len(t.chain)-1] }
-
 // TaskInfo describes a delegated identity: the agent it belongs to and
 // the delegation chain from that agent down to it.
 type TaskInfo struct {
-	Addr        netip.Addr      `json:"address"`
-	Owner       netip.Addr      `json:"owner"`
-	Parents     []netip.Addr    `json:"parents"` // owner first, then parent tasks
-	Class       string          `json:"class,omitempty"`
-	Sensitivity string          `json:"sensitivity,omitempty"`
-	Scope       []string        `json:"scope,omitempty"`
-	Budget      identity.Budget `json:"budget,omitzero"`
-	Pseudonym   string          `json:"pseudonym"`
-	Depth       int             `json:"depth"`
-	Expires     time.Time       `json:"expires"`
+	Addr        netip.Addr       `json:"address"`
+	Owner       netip.Addr       `json:"owner"`
+	Parents     []netip.Addr     `json:"parents"` // owner first, then parent tasks
+	Class       string           `json:"class,omitempty"`
+	Sensitivity string           `json:"sensitivity,omitempty"`
+	Scope       []string         `json:"scope,omitempty"`
+	Budget      identity.Budget  `json:"budget,omitzero"`
+	Pseudonym   string           `json:"pseudonym"`
+	TraceID     identity.TraceID `json:"trace_id,omitzero"`
+	Depth       int              `json:"depth"`
+	Expires     time.Time        `json:"expires"`
 }
 
 // InfoOf describes the task at the end of chain.
@@ -67,7 +61,7 @@ func InfoOf(chain []*identity.Delegation) TaskInfo {
 	leaf := chain[len(chain)-1]
 	owner, _ := leaf.Owner.Addr()
 	ti := TaskInfo{Addr: leaf.ChildAddr(), Owner: owner, Class: leaf.Class, Sensitivity: leaf.Sensitivity,
-		Scope: leaf.Scope, Budget: leaf.Budget, Pseudonym: leaf.Pseudonym, Depth: leaf.Depth, Expires: leaf.NotAfter}
+		Scope: leaf.Scope, Budget: leaf.Budget, Pseudonym: leaf.Pseudonym, TraceID: leaf.TraceID, Depth: leaf.Depth, Expires: leaf.NotAfter}
 	ti.Parents = append(ti.Parents, owner)
 	for _, d := range chain[:len(chain)-1] {
 		ti.Parents = append(ti.Parents, d.ChildAddr())
@@ -92,6 +86,9 @@ func (m *Membership) startTaskService() error {
 	return nil
 }
 
+// taskReadLoop reads peer frames: the header and the source's rate are
+// checked here; DACKs are verified here (they only wake a delivery); the
+// rest go to the actor.
 func (m *Membership) taskReadLoop() {
 	buf := make([]byte, 65536)
 	for {
@@ -108,21 +105,27 @@ func (m *Membership) taskReadLoop() {
 			continue
 		}
 		src := from.(*net.UDPAddr).AddrPort()
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		b := buf[:n]
-		if len(b) < 3 || b[0] != ctrlMagic || b[1] != ctrlVersion {
-			m.refuse(refusal(ReasonMalformed, errors.New("task frame header")), "addr", src.Addr())
+		typ, err := frameHeader(b)
+		if err == nil && (typ < frameDel || typ > frameLeave) {
+			err = fmt.Errorf("%w: type %d is not a peer frame", errFrame, typ)
+		}
+		if err != nil {
+			m.refuse(refusal(ReasonMalformed, err), "addr", src.Addr())
 			continue
 		}
-		switch b[2] {
-		case frameDAck:
-			if len(b) == 3+16 {
-				m.tasksvc.acked(netip.AddrFrom16([16]byte(b[3:19])), src.Addr())
-			}
-		case frameDelegate, frameEnd, frameLeave:
-			m.enqueue(event{kind: evTask, from: src, data: append([]byte(nil), b...)})
-		default:
-			m.refuse(refusal(ReasonMalformed, fmt.Errorf("task frame type %d", b[2])), "addr", src.Addr())
+		if !m.peerLimit.allow(src, time.Now()) {
+			m.refuse(refusal(ReasonRateLimited, errors.New("peer frames over the source's rate")), "addr", src.Addr())
+			continue
 		}
+		if typ == frameDAck {
+			if f, err := m.openPeerFrame(src, b); err == nil {
+				m.tasksvc.acked(f.taskAddr(), src.Addr())
+			}
+			continue
+		}
+		m.enqueue(event{kind: evPeer, from: src, data: append([]byte(nil), b...)})
 	}
 }
 
@@ -135,73 +138,134 @@ func (s *taskService) acked(task, peer netip.Addr) {
 	}
 }
 
-// handleTaskFrame processes a DELEGATE, END or LEAVE from a peer. Called
-// by the actor only.
-func (m *Membership) handleTaskFrame(from netip.AddrPort, b []byte) {
-	m.mu.Lock()
-	p := m.peers[from.Addr()]
-	var owner identity.PublicKey
-	admitted := p != nil && p.admitted
-	if admitted {
-		owner = p.rec.agentKey
-	}
-	m.mu.Unlock()
-	if !admitted {
-		m.refuse(refusal(ReasonBadDelegation, fmt.Errorf("task frame from %s, which is not an admitted agent", from.Addr())))
-		return
-	}
-	if b[2] == frameLeave {
-		m.log.Info("peer is leaving", "addr", from.Addr())
-		m.remove(from.Addr(), "left")
-		return
-	}
-	if b[2] == frameEnd {
-		if len(b) == 3+16 {
-			m.dropTask(from.Addr(), netip.AddrFrom16([16]byte(b[3:19])))
-		}
-		return
-	}
-	chain, err := parseChain(b[3:], owner, time.Now())
+// openPeerFrame decodes and verifies a peer frame from src: it must come
+// from an admitted agent, be signed by that agent's key, be addressed to
+// this node and be fresh (never accepted before). The cheap checks come
+// before the signature check. Refusals are counted.
+func (m *Membership) openPeerFrame(src netip.AddrPort, b []byte) (*peerFrame, error) {
+	f, err := openPeer(b)
 	if err != nil {
-		m.refuse(refusal(ReasonBadDelegation, err), "addr", from.Addr())
-		return
+		err = refusal(ReasonMalformed, err)
+		m.refuse(err, "addr", src.Addr())
+		return nil, err
 	}
-	task := chain[len(chain)-1].ChildAddr()
 	m.mu.Lock()
-	if other := m.peers[task]; other != nil {
-		m.mu.Unlock()
-		m.refuse(refusal(ReasonAddrConflict, fmt.Errorf("task address %s is an agent's", task)))
-		return
-	}
-	if a, taken := m.taskOwner[task]; taken && a != from.Addr() {
-		m.mu.Unlock()
-		m.refuse(refusal(ReasonAddrConflict, fmt.Errorf("task address %s is held by %s", task, a)))
-		return
-	}
-	_, known := p.tasks[task]
-	if !known {
-		if p.tasks == nil {
-			p.tasks = make(map[netip.Addr]*remoteTask)
+	p := m.ids.agents[src.Addr()]
+	var ferr error
+	switch {
+	case p == nil || !p.admitted():
+		ferr = refusal(ReasonNotPeer, fmt.Errorf("peer frame from %s, which is not an admitted agent", src.Addr()))
+	case !f.sr.Signer.Equal(p.rec.agentKey):
+		ferr = refusal(ReasonBadSignature, fmt.Errorf("peer frame from %s signed by another key", src.Addr()))
+	case f.to != m.addr:
+		ferr = refusal(ReasonForeign, fmt.Errorf("peer frame for %s", f.to))
+	default:
+		if err := p.recent.fresh(f.ts, time.Now()); err != nil {
+			ferr = refusal(ReasonReplay, err)
 		}
-		p.tasks[task] = &remoteTask{chain: chain, info: InfoOf(chain)}
-		m.taskOwner[task] = from.Addr()
 	}
-	key, ep := p.rec.wgKey, p.endpoint
 	m.mu.Unlock()
-	if !known {
-		if err := m.cfg.Peers.SetPeer(key, ep, m.taskPrefixes(from.Addr())); err != nil {
-			m.log.Error("cannot add task address to WireGuard peer", "peer", key.ShortString(), "task", task, "err", err)
-			return
-		}
-		m.log.Info("task accepted", "addr", from.Addr(), "task", task, "class", chain[len(chain)-1].Class, "depth", len(chain))
+	if ferr != nil {
+		m.refuse(ferr, "addr", src.Addr())
+		return nil, ferr
 	}
-	frame := append([]byte{ctrlMagic, ctrlVersion, frameDAck}, task.AsSlice()...)
-	m.tasksvc.pc.WriteTo(frame, net.UDPAddrFromAddrPort(netip.AddrPortFrom(from.Addr(), TaskPort)))
+	if err := f.verify(); err != nil {
+		err = refusal(ReasonBadSignature, err)
+		m.refuse(err, "addr", src.Addr())
+		return nil, err
+	}
+	m.mu.Lock()
+	if p.recent.fresh(f.ts, time.Now()) != nil { // accepted meanwhile: a duplicate
+		m.mu.Unlock()
+		err := refusal(ReasonReplay, errors.New("peer frame accepted twice"))
+		m.refuse(err, "addr", src.Addr())
+		return nil, err
+	}
+	p.recent.add(f.ts)
+	m.mu.Unlock()
+	return f, nil
 }
 
-// parseChain verifies a delegation chain rooted at owner: every record
-// signed by its parent, depths 1, 2, ..., none expired.
-func parseChain(b []byte, owner identity.PublicKey, now time.Time) ([]*identity.Delegation, error) {
+// handlePeerFrame processes a DELEGATE, END or LEAVE from a peer. Called
+// by the actor only.
+func (m *Membership) handlePeerFrame(from netip.AddrPort, b []byte) {
+	f, err := m.openPeerFrame(from, b)
+	if err != nil {
+		return
+	}
+	switch f.typ {
+	case frameLeave:
+		m.log.Info("peer is leaving", "addr", from.Addr())
+		m.remove(from.Addr(), StateLeft)
+	case frameEnd:
+		m.dropTask(from.Addr(), f.taskAddr())
+	case frameDel:
+		m.acceptDelegation(from.Addr(), f.body)
+	}
+}
+
+// acceptDelegation verifies a delegation chain from the agent at owner
+// and, if the identity table lets the task's address be claimed, adds it
+// to the agent's WireGuard peer and acknowledges it.
+func (m *Membership) acceptDelegation(owner netip.Addr, body []byte) {
+	m.mu.Lock()
+	p := m.ids.agents[owner]
+	if p == nil || !p.admitted() {
+		m.mu.Unlock()
+		return
+	}
+	ownerKey, credEnd := p.rec.agentKey, p.cred.NotAfter
+	m.mu.Unlock()
+	chain, err := parseChain(body, ownerKey, credEnd, time.Now())
+	if err != nil {
+		m.refuse(refusal(ReasonBadDelegation, err), "addr", owner)
+		return
+	}
+	rt := &remoteTask{owner: owner, chain: chain, info: InfoOf(chain)}
+	task := rt.info.Addr
+	m.mu.Lock()
+	if p = m.ids.agents[owner]; p == nil || !p.admitted() {
+		m.mu.Unlock()
+		return
+	}
+	isNew, err := m.ids.claimTask(p, rt, m.cfg.MaxTasksPerPeer)
+	key := p.rec.wgKey
+	m.mu.Unlock()
+	if err != nil {
+		m.refuse(err, "addr", owner, "task", task)
+		return
+	}
+	if isNew {
+		if err := m.cfg.Peers.AllowTask(key, task, true); err != nil {
+			m.log.Error("cannot add task address to WireGuard peer", "peer", key.ShortString(), "task", task, "err", err)
+			m.mu.Lock()
+			m.ids.dropTask(task)
+			m.mu.Unlock()
+			return
+		}
+		m.log.Info("task accepted", "addr", owner, "task", task, "class", rt.leaf().Class, "depth", len(chain))
+	}
+	m.sendPeer(owner, frameDAck, task.AsSlice())
+}
+
+// sendPeer sends a signed peer frame to the task port of the agent at to.
+func (m *Membership) sendPeer(to netip.Addr, typ byte, body []byte) {
+	frame, err := sealPeer(m.cfg.Key, typ, to, m.nextTS(), body)
+	if err != nil {
+		m.log.Debug("peer frame not sealed", "addr", to, "err", err)
+		return
+	}
+	if _, err := m.tasksvc.pc.WriteTo(frame, net.UDPAddrFromAddrPort(netip.AddrPortFrom(to, TaskPort))); err != nil && !errors.Is(err, net.ErrClosed) {
+		m.log.Debug("peer frame not sent", "addr", to, "err", err)
+	}
+}
+
+// parseChain verifies a DELEGATE body, a delegation chain rooted at owner
+// (whose credential ends at credEnd): every link signed by its parent and
+// accepted by its child (identity.ParseLink), depths 1, 2, ..., none
+// expired, each within its parent (identity.Delegation.Within) and the
+// first within the owner's credential.
+func parseChain(b []byte, owner identity.PublicKey, credEnd, now time.Time) ([]*identity.Delegation, error) {
 	if len(b) < 1 {
 		return nil, errors.New("empty delegation chain")
 	}
@@ -217,15 +281,13 @@ func parseChain(b []byte, owner identity.PublicKey, now time.Time) ([]*identity.
 			return nil, errors.New("truncated delegation chain")
 		}
 		l := int(binary.BigEndian.Uint16(b))
-		sr, err := identity.ParseSignedRecord(b[2 : 2+l])
-		if err != nil {
-			return nil, err
-		}
-		d, err := identity.ParseDelegation(sr)
+		d, rest, err := identity.ParseLink(b[2 : 2+l])
 		if err != nil {
 			return nil, err
 		}
 		switch {
+		case len(rest) != 0:
+			return nil, fmt.Errorf("delegation %d: trailing bytes", i)
 		case !d.Owner.Equal(owner):
 			return nil, fmt.Errorf("delegation %d belongs to another owner", i)
 		case !d.Parent.Equal(parent):
@@ -234,6 +296,13 @@ func parseChain(b []byte, owner identity.PublicKey, now time.Time) ([]*identity.
 			return nil, fmt.Errorf("delegation %d has depth %d", i, d.Depth)
 		case !now.Before(d.NotAfter):
 			return nil, fmt.Errorf("delegation %d expired at %s", i, d.NotAfter)
+		case i == 0 && d.NotAfter.After(credEnd):
+			return nil, fmt.Errorf("delegation outlives its agent's credential (%s)", credEnd.Format(time.RFC3339))
+		}
+		if i > 0 {
+			if err := d.Within(chain[i-1]); err != nil {
+				return nil, fmt.Errorf("delegation %d: %w", i, err)
+			}
 		}
 		chain = append(chain, d)
 		parent = d.Child
@@ -245,22 +314,12 @@ func parseChain(b []byte, owner identity.PublicKey, now time.Time) ([]*identity.
 	return chain, nil
 }
 
-// EncodeChain frames a delegation chain (root first) for delivery.
-func EncodeChain(chain [][]byte) []byte {
-	out := []byte{ctrlMagic, ctrlVersion, frameDelegate, byte(len(chain))}
-	for _, r := range chain {
-		out = binary.BigEndian.AppendUint16(out, uint16(len(r)))
-		out = append(out, r...)
-	}
-	return out
-}
-
 // taskPrefixes returns the /128s of the tasks this node accepted from the
 // agent at addr.
 func (m *Membership) taskPrefixes(addr netip.Addr) []netip.Prefix {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := m.peers[addr]
+	p := m.ids.agents[addr]
 	if p == nil {
 		return nil
 	}
@@ -275,17 +334,16 @@ func (m *Membership) taskPrefixes(addr netip.Addr) []netip.Prefix {
 // dropTask withdraws a peer's task (ended or expired).
 func (m *Membership) dropTask(owner, task netip.Addr) {
 	m.mu.Lock()
-	p := m.peers[owner]
-	if p == nil || p.tasks[task] == nil {
+	rt := m.ids.tasks[task]
+	if rt == nil || rt.owner != owner {
 		m.mu.Unlock()
 		return
 	}
-	delete(p.tasks, task)
-	delete(m.taskOwner, task)
-	key, ep, admitted := p.rec.wgKey, p.endpoint, p.admitted
+	m.ids.dropTask(task)
+	p := m.ids.agents[owner]
 	m.mu.Unlock()
-	if admitted {
-		if err := m.cfg.Peers.SetPeer(key, ep, m.taskPrefixes(owner)); err != nil {
+	if p != nil && p.admitted() {
+		if err := m.cfg.Peers.AllowTask(p.rec.wgKey, task, false); err != nil {
 			m.log.Error("cannot remove task address", "task", task, "err", err)
 		}
 	}
@@ -296,14 +354,9 @@ func (m *Membership) dropTask(owner, task netip.Addr) {
 func (m *Membership) sweepTasks(now time.Time) {
 	var gone [][2]netip.Addr
 	m.mu.Lock()
-	for a, p := range m.peers {
-		for t, rt := range p.tasks {
-			for _, d := range rt.chain {
-				if !now.Before(d.NotAfter) {
-					gone = append(gone, [2]netip.Addr{a, t})
-					break
-				}
-			}
+	for t, rt := range m.ids.tasks {
+		if !now.Before(rt.info.Expires) {
+			gone = append(gone, [2]netip.Addr{rt.owner, t})
 		}
 	}
 	m.mu.Unlock()
@@ -312,10 +365,10 @@ func (m *Membership) sweepTasks(now time.Time) {
 	}
 }
 
-// Deliver gives the agent that owns dst the delegation chain (records,
-// root first) of the local task at task, waiting for its acknowledgement
-// (one round trip through the tunnel, resent every 250 ms) until ctx is
-// done. It returns the owner's address.
+// Deliver gives the agent that owns dst the delegation chain (links,
+// identity.Link encodings, root first) of the local task at task, waiting
+// for its acknowledgement (one round trip through the tunnel, resent
+// every 250 ms) until ctx is done. It returns the owner's address.
 func (m *Membership) Deliver(ctx context.Context, task, dst netip.Addr, chain [][]byte) (netip.Addr, error) {
 	owner, ok := m.ownerOf(dst)
 	if !ok {
@@ -330,14 +383,11 @@ func (m *Membership) Deliver(ctx context.Context, task, dst netip.Addr, chain []
 		s.waiters[key] = w
 	}
 	s.mu.Unlock()
-	frame := EncodeChain(chain)
-	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(owner, TaskPort))
+	body := encodeLinks(chain)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if _, err := s.pc.WriteTo(frame, to); err != nil && !errors.Is(err, net.ErrClosed) {
-			m.log.Debug("delegation send", "task", task, "addr", owner, "err", err)
-		}
+		m.sendPeer(owner, frameDel, body) // each resend with a fresh timestamp
 		select {
 		case <-w:
 			return owner, nil
@@ -356,21 +406,18 @@ func (m *Membership) Deliver(ctx context.Context, task, dst netip.Addr, chain []
 }
 
 // Withdraw tells the agent at owner that the task ended (best effort).
-func (m *Membership) Withdraw(task, owner netip.Addr) {
-	frame := append([]byte{ctrlMagic, ctrlVersion, frameEnd}, task.AsSlice()...)
-	m.tasksvc.pc.WriteTo(frame, net.UDPAddrFromAddrPort(netip.AddrPortFrom(owner, TaskPort)))
-}
+func (m *Membership) Withdraw(task, owner netip.Addr) { m.sendPeer(owner, frameEnd, task.AsSlice()) }
 
 // ownerOf returns the admitted agent that dst is, or whose task dst is.
 func (m *Membership) ownerOf(dst netip.Addr) (netip.Addr, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if p := m.peers[dst]; p != nil && p.admitted {
+	if p := m.ids.agents[dst]; p != nil && p.admitted() {
 		return dst, true
 	}
-	if a, ok := m.taskOwner[dst]; ok {
-		if p := m.peers[a]; p != nil && p.admitted {
-			return a, true
+	if rt := m.ids.tasks[dst]; rt != nil {
+		if p := m.ids.agents[rt.owner]; p != nil && p.admitted() {
+			return rt.owner, true
 		}
 	}
 	return netip.Addr{}, false
@@ -380,12 +427,54 @@ func (m *Membership) ownerOf(dst netip.Addr) (netip.Addr, bool) {
 func (m *Membership) LookupTask(addr netip.Addr) (TaskInfo, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	owner, ok := m.taskOwner[addr]
-	if !ok {
-		return TaskInfo{}, false
-	}
-	if t := m.peers[owner].tasks[addr]; t != nil {
-		return t.info, true
+	if rt := m.ids.tasks[addr]; rt != nil {
+		return rt.info, true
 	}
 	return TaskInfo{}, false
+}
+
+// recent remembers the timestamps of the last frames accepted from one
+// sender, so that none is accepted twice. Frames may arrive out of order
+// (UDP), so rather than wanting each later than the last it keeps a
+// window: a frame is fresh if it is within frameWindow of this node's
+// clock, not one of the last len(ts) accepted, and, once the window is
+// full, later than the oldest of them.
+type recent struct {
+	ts [32]int64
+	n  int
+}
+
+func (r *recent) fresh(ts int64, now time.Time) error {
+	if err := fresh(ts, 0, now); err != nil {
+		return err
+	}
+	oldest := int64(0)
+	for i, t := range r.ts[:r.n] {
+		if t == ts {
+			return errors.New("a frame accepted before: a replay")
+		}
+		if i == 0 || t < oldest {
+			oldest = t
+		}
+	}
+	if r.n == len(r.ts) && ts <= oldest {
+		return errors.New("a frame older than the replay window")
+	}
+	return nil
+}
+
+// add records ts, replacing the oldest when the window is full.
+func (r *recent) add(ts int64) {
+	if r.n < len(r.ts) {
+		r.ts[r.n] = ts
+		r.n++
+		return
+	}
+	i := 0
+	for j, t := range r.ts {
+		if t < r.ts[i] {
+			i = j
+		}
+	}
+	r.ts[i] = ts
 }

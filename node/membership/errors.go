@@ -23,7 +23,13 @@ const (
 	ReasonAddrConflict    Reason = "address_conflict" // another key holds the address
 	ReasonOverload        Reason = "overload"         // control queue full
 	ReasonBadRevocation   Reason = "bad_revocation"   // revocation not signed by a bundle CA
-	ReasonUnknownResponse Reason = "unknown_response" // an answer nobody asked for
+	ReasonUnknownResponse Reason = "unknown_response" // an ACK that answers no HELLO this node sent
+	ReasonReplay          Reason = "replay"           // a signed frame whose timestamp is not fresh, or seen before
+	ReasonRateLimited     Reason = "rate_limited"     // a source over its rate, refused before any signature check
+	ReasonTaskLimit       Reason = "task_limit"       // a peer's delegation beyond its allowance of tasks
+	ReasonTaskDisplaced   Reason = "task_displaced"   // a peer's task dropped: an agent was admitted at its address
+	ReasonNotPeer         Reason = "not_peer"         // a peer frame from an address that is no admitted agent
+	ReasonForeign         Reason = "misdirected"      // a signed frame addressed to another node
 )
 
 // RefusedError is a refusal with its reason.
@@ -54,4 +60,7 @@ var (
 	ErrBadToken = errors.New("membership: bad join token")
 	// ErrJoin reports that no join token led to the cluster.
 	ErrJoin = errors.New("membership: could not join through any token")
+	// ErrRevoked reports that this node's own credential is revoked: its
+	// peers refuse it, and it has stopped trying to join.
+	ErrRevoked = errors.New("membership: this node's credential is revoked")
 )

@@ -10,12 +10,24 @@
 //     the token's node; a node that learns of another through gossip sends it
 //     a HELLO, and the ACK carries the other's record. Both ends admit each
 //     other in one round trip, before either sends a WireGuard handshake.
+//     Each frame is signed by its sender over a fresh timestamp (and an ACK
+//     over the nonce of the HELLO it answers), so a captured frame cannot
+//     be replayed to move an agent's endpoint (frames.go).
 //   - memberlist node meta (≤512 bytes): a compact signed summary (sequence
 //     number, record digest, endpoints) that tells a node when to ask.
 //   - push/pull anti-entropy: memberlist's state carries every node's meta;
 //     our own state adds every revocation.
 //
-// Refusals are counted by Reason and logged, never fatal.
+// Who holds each overlay address — this node, its tasks, other agents and
+// their tasks — is one table (ids.go) with its invariants enforced where
+// entries are added; WhoIs, DNS, Discover and the WireGuard peers all read
+// it. Frames from the network are rate-limited per source before any
+// signature check (limit.go), and queued apart from events that arrived
+// through WireGuard, so a flood of the first never drops the second.
+//
+// Refusals are counted by Reason and logged (at most once per reason every
+// 10 s), never fatal. docs/threat-model.md says what each kind of attacker
+// can and cannot do.
 package membership
 
 import (
@@ -35,6 +47,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"golang.org/x/time/rate"
 
 	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/node/card"
@@ -49,6 +62,9 @@ type Peers interface {
 	// SetPeer adds or updates a peer whose AllowedIPs are its own derived
 	// address plus extra (the addresses of its delegated tasks).
 	SetPeer(key identity.WGPublicKey, endpoint netip.AddrPort, extra []netip.Prefix) error
+	// AllowTask adds (allow) or removes one task address to or from an
+	// existing peer's AllowedIPs, leaving the rest as they are.
+	AllowTask(key identity.WGPublicKey, task netip.Addr, allow bool) error
 	RemovePeer(key identity.WGPublicKey) error
 	// Await holds the packets this node sends to addr until EndAwait:
 	// membership has asked the agent there for its record, and WireGuard
@@ -98,6 +114,13 @@ type Config struct {
 	// OnPeerRemoved, if set, is called (from the actor; it must not block)
 	// when an admitted peer is removed: its task deliveries are void.
 	OnPeerRemoved func(addr netip.Addr)
+	// MaxTasksPerPeer bounds the tasks of one peer this node accepts
+	// (default 256); beyond it a delegation is refused (task_limit).
+	MaxTasksPerPeer int
+	// StateDir, if set, is where the peers this node knew are remembered
+	// (known-peers.json), so that a restarted node asks them back at once
+	// instead of waiting for them to ask it.
+	StateDir string
 }
 
 // Member is one known agent, as `agent6 peers` shows it.
@@ -108,7 +131,9 @@ type Member struct {
 	TrustDomain string               `json:"trust_domain"`
 	Groups      []string             `json:"groups,omitempty"`
 	Roles       []string             `json:"roles,omitempty"`
-	// State is alive, dead, left, revoked, expired or pending. memberlist
+	// State is alive, dead, left, revoked, expired or pending (see
+	// State for the lifecycle; admitted but not yet listed by memberlist
+	// also shows as pending). memberlist
 	// v0.7.0 does not tell its users that a node is suspect (the State of
 	// the Nodes it hands out is never set: hashicorp/memberlist#293), so
 	// a suspect node shows as alive; "suspect" appears if it ever does.
@@ -129,6 +154,10 @@ type Stats struct {
 	// admitted peer whose alive message never arrived (see catchUp), and
 	// with a peer declared dead a second ago (see checkDead).
 	CatchUps uint64 `json:"catch_ups"`
+	// Revoked is set when this node learned that its own credential is
+	// revoked (a peer refused it with the CA-signed revocation, or gossip
+	// brought it): it stops trying to join.
+	Revoked *identity.Revocation `json:"revoked,omitempty"`
 }
 
 // Membership runs gossip for one node. Its methods are safe for concurrent
@@ -144,19 +173,32 @@ type Membership struct {
 	ml    *memberlist.Memberlist
 	bcast *memberlist.TransmitLimitedQueue
 
-	// events feeds the actor goroutine, which alone changes the peer table
-	// and calls Peers; mu guards the state it shares with readers.
-	events chan event
+	// The actor goroutine alone changes the identity table and calls
+	// Peers. It reads two queues: ctrl, frames from the network not yet
+	// authenticated; events, what came through WireGuard or from
+	// memberlist. mu guards the state it shares with readers.
+	ctrl      chan event
+	events    chan event
+	ctrlLimit *sourceLimiter // admission frames, per UDP source
+	peerLimit *sourceLimiter // peer frames, per overlay source
+	askLimit  *rate.Limiter  // HELLOs to agents gossip announced
+
 	mu     sync.Mutex
 	seq    uint64
 	own    []byte // own signed AgentRecord
 	ownDig [16]byte
-	peers  map[netip.Addr]*peer
+	ids    idTable
 	// refused remembers digests of records refused for a lasting reason, so
 	// the same bytes are not verified again. Bounded by maxRefused.
 	refused map[[16]byte]Reason
-	revs    map[[16]byte]*revEntry                 // by digest of the signed bytes
+	revs    revocations
 	waiters map[identity.WGPublicKey]chan struct{} // joins waiting for an ACK
+	// asked are the HELLOs this node sent and awaits an ACK for, by nonce
+	// (an ACK that echoes none is refused as unknown_response).
+	asked *expiring[nonce, askedHello]
+	// lastTS is the last timestamp this node put on a signed frame: each is
+	// later than the one before, as receivers require.
+	lastTS int64
 	// knownMembers is how many members memberlist listed at the last
 	// catch-up tick, and gossipNewsAt when that last grew (see catchUp).
 	knownMembers int
@@ -171,14 +213,18 @@ type Membership struct {
 	// yet admitted, by when they were asked; packets to them are held
 	// (Peers.Await) until admitted or awaitTimeout.
 	asking map[netip.Addr]time.Time
+	// revoked is this node's own credential's revocation, once known.
+	revoked *identity.Revocation
+	// known remembers peers across restarts (StateDir).
+	known knownPeers
 
-	tasksvc   *taskService
-	taskOwner map[netip.Addr]netip.Addr // accepted task address → owning agent
-	leaving   atomic.Bool               // set by Leave
-	rejoin    chan netip.Addr           // revived or unheard-of peers to push/pull with
-	mlConf    *memberlist.Config        // memberlist's configuration, as started
+	tasksvc *taskService
+	leaving atomic.Bool     // set by Leave
+	rejoin  chan netip.Addr // revived or unheard-of peers to push/pull with
+	mlConf  *memberlist.Config
 
 	refusals sync.Map // Reason → *atomic.Uint64
+	logged   sync.Map // Reason → *atomic.Int64, unix nanos of its last log line
 	hellos   atomic.Uint64
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
@@ -189,18 +235,13 @@ type Membership struct {
 	closeOnce sync.Once
 }
 
-type revEntry struct {
-	raw []byte
-	rev *identity.Revocation
-}
-
 type peer struct {
 	rec       *record
 	cred      *identity.Credential
 	endpoint  netip.AddrPort
-	admitted  bool
-	state     string
-	helloAt   time.Time
+	state     State
+	helloAt   time.Time // when this node last sent it a HELLO
+	helloTS   int64     // the last admission frame timestamp accepted from it
 	deadSince time.Time // when memberlist declared it dead; zero otherwise
 	deadCheck bool      // a push/pull asked for since it was declared dead
 	// reconnectAt is when a removed dead peer is next sent a HELLO, and
@@ -211,7 +252,10 @@ type peer struct {
 	catchUpAt    time.Time // last push/pull asked for because memberlist had not heard of it
 	catchUps     int       // such push/pulls since memberlist last knew it
 	tasks        map[netip.Addr]*remoteTask
+	recent       recent // peer frames accepted from it, against replays
 }
+
+func (p *peer) admitted() bool { return p.state.Admitted() }
 
 const (
 	maxRefused = 4096
@@ -219,8 +263,28 @@ const (
 	// awaitTimeout is how long packets to an agent asked for its record
 	// are held: its answer normally takes one round trip.
 	awaitTimeout = 2 * time.Second
-	eventsQueue  = 4096
+	eventsQueue  = 4096 // memberlist events and peer frames
+	ctrlQueue    = 1024 // admission frames from the network
+	// maxAgents bounds the agents this node keeps records of (admitted or
+	// not); a verified record beyond it is refused as overload.
+	maxAgents = 1 << 16
+	// askRate bounds the HELLOs sent to agents that gossip announced and
+	// this node does not know: an insider gossiping made-up agents cannot
+	// make it send more (each is ~1 KB to an endpoint the gossip names).
+	askRate, askBurst = 200, 400
+	// askedTTL is how long an ACK is awaited for a HELLO, and maxAsked how
+	// many HELLOs may await one.
+	askedTTL = 30 * time.Second
+	maxAsked = 8192
+	// defaultMaxTasks is Config.MaxTasksPerPeer's default.
+	defaultMaxTasks = 256
 )
+
+// askedHello is a HELLO this node sent: where to, and when.
+type askedHello struct {
+	to netip.AddrPort
+	at time.Time
+}
 
 // New checks the configuration, including that this node's own credential
 // verifies against the bundle and belongs to its key.
@@ -250,6 +314,9 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.DeadForget == 0 {
 		cfg.DeadForget = time.Hour
 	}
+	if cfg.MaxTasksPerPeer <= 0 {
+		cfg.MaxTasksPerPeer = defaultMaxTasks
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -266,23 +333,28 @@ func New(cfg Config) (*Membership, error) {
 	}
 	wg := cfg.Key.WireGuard().Public()
 	m := &Membership{
-		cfg:     cfg,
-		log:     log,
-		addr:    wg.Addr(),
-		wgKey:   wg,
-		cred:    cred,
-		events:  make(chan event, eventsQueue),
-		peers:   make(map[netip.Addr]*peer),
-		refused: make(map[[16]byte]Reason),
-		revs:    make(map[[16]byte]*revEntry),
-		waiters: make(map[identity.WGPublicKey]chan struct{}),
-		rejoin:  make(chan netip.Addr, 64),
+		cfg:       cfg,
+		log:       log,
+		addr:      wg.Addr(),
+		wgKey:     wg,
+		cred:      cred,
+		ctrl:      make(chan event, ctrlQueue),
+		events:    make(chan event, eventsQueue),
+		ctrlLimit: newSourceLimiter(ctrlPerSource, ctrlBurst, ctrlTotal, ctrlTotalBurst, maxSources),
+		peerLimit: newSourceLimiter(peerPerSource, peerBurst, peerTotal, peerTotalBurst, maxSources),
+		askLimit:  rate.NewLimiter(askRate, askBurst),
+		ids:       newIDTable(wg.Addr()),
+		refused:   make(map[[16]byte]Reason),
+		revs:      newRevocations(),
+		waiters:   make(map[identity.WGPublicKey]chan struct{}),
+		asked:     newExpiring[nonce, askedHello](maxAsked),
+		rejoin:    make(chan netip.Addr, 64),
 
 		metaCache:  make(map[string]*meta),
-		taskOwner:  make(map[netip.Addr]netip.Addr),
 		metaByAddr: make(map[netip.Addr]string),
 		keyAddr:    make(map[[32]byte]netip.Addr),
 		asking:     make(map[netip.Addr]time.Time),
+		known:      knownPeers{path: knownPeersPath(cfg.StateDir)},
 		done:       make(chan struct{}),
 	}
 	if err := m.resign(); err != nil {
@@ -355,6 +427,7 @@ func (m *Membership) Start() error {
 		return err
 	}
 	m.log.Info("gossip up", "addr", m.addr, "port", m.cfg.Port, "trust_domain", m.cred.TrustDomain, "spiffe_id", m.cred.ID)
+	m.greetKnown()
 	return nil
 }
 
@@ -382,47 +455,23 @@ func gossipPacketSize(mtu int) int {
 	return gossipFragments*((mtu-48)&^7) - 8
 }
 
-// maxRejoins is how many push/pulls rejoinLoop runs at once. One with a
-// peer that really died waits out memberlist's TCPTimeout (10 s on a LAN);
-// the others must not queue behind it.
-const maxRejoins = 4
-
-// rejoinLoop push/pulls with peers that answered after being declared
-// dead, so that memberlist hears them refute it, with peers declared dead
-// a second ago (see checkDead) and with admitted peers memberlist never
-// heard of (see catchUp), at most maxRejoins at a time.
-func (m *Membership) rejoinLoop() {
-	slots := make(chan struct{}, maxRejoins)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		select {
-		case <-m.done:
-			return
-		case a := <-m.rejoin:
-			select {
-			case slots <- struct{}{}:
-			case <-m.done:
-				return
-			}
-			wg.Go(func() {
-				defer func() { <-slots }()
-				if _, err := m.ml.Join([]string{gossipAddr(a, m.cfg.Port)}); err != nil {
-					m.log.Debug("rejoin failed", "addr", a, "err", err)
-				}
-			})
-		}
-	}
-}
-
 // Addr returns this node's overlay address.
 func (m *Membership) Addr() netip.Addr { return m.addr }
 
 // Credential returns this node's verified credential.
 func (m *Membership) Credential() *identity.Credential { return m.cred }
 
+// Revoked returns the revocation of this node's own credential, once this
+// node has learnt of it, or nil.
+func (m *Membership) Revoked() *identity.Revocation {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.revoked
+}
+
 // Join joins the cluster through any of the tokens, retrying with backoff
-// until one works or ctx is done.
+// until one works or ctx is done. It gives up with ErrRevoked once this
+// node learns that its credential is revoked.
 func (m *Membership) Join(ctx context.Context, tokens []Token) error {
 	if len(tokens) == 0 {
 		return nil
@@ -433,6 +482,9 @@ func (m *Membership) Join(ctx context.Context, tokens []Token) error {
 		for _, t := range tokens {
 			if t.Key.Equal(m.wgKey) {
 				continue // our own token: we are a seed
+			}
+			if rev := m.Revoked(); rev != nil {
+				return fmt.Errorf("%w: %w (serial %s)", ErrJoin, ErrRevoked, rev.Serial)
 			}
 			if last = m.joinOne(ctx, t); last == nil {
 				return nil
@@ -469,7 +521,10 @@ func (m *Membership) joinOne(ctx context.Context, t Token) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for i := 0; ; i++ {
-		if err := m.sendHello(t.Endpoint, ctrlHello); err != nil {
+		if m.Revoked() != nil {
+			return ErrRevoked
+		}
+		if err := m.sendHello(t.Endpoint); err != nil {
 			return err
 		}
 		select {
@@ -489,73 +544,6 @@ func (m *Membership) joinOne(ctx context.Context, t Token) error {
 	return m.pushPullHedged(ctx, t.Key.Addr())
 }
 
-// joinHedge is how long a join's push/pull may take before another starts
-// with a peer admitted meanwhile, and maxJoinHedges how many such may run.
-const (
-	joinHedge     = 2 * time.Second
-	maxJoinHedges = 3
-)
-
-// pushPullHedged push/pulls with the node at seed, as memberlist's Join
-// does. When the seed is slow to answer — in a join storm every joiner
-// push/pulls with it at once, and at 200 nodes in one process one joiner
-// in seven waited out memberlist's whole TCPTimeout (10 s) — it also
-// push/pulls, every joinHedge, with a peer admitted meanwhile (one that
-// heard of this node from the seed's gossip and said HELLO): any member's
-// state is as good as the seed's. The first to succeed ends the join; the
-// others finish in the background, within memberlist's TCPTimeout, or at
-// once when Close shuts memberlist and so its transport down.
-func (m *Membership) pushPullHedged(ctx context.Context, seed netip.Addr) error {
-	results := make(chan error, 1+maxJoinHedges)
-	pushPull := func(a netip.Addr) {
-		_, err := m.ml.Join([]string{gossipAddr(a, m.cfg.Port)})
-		results <- err
-	}
-	go pushPull(seed)
-	tried := map[netip.Addr]bool{seed: true}
-	running := 1
-	tick := time.NewTicker(joinHedge)
-	defer tick.Stop()
-	var last error
-	for running > 0 {
-		select {
-		case err := <-results:
-			running--
-			if err == nil {
-				return nil
-			}
-			last = err
-		case <-tick.C:
-			if len(tried) > maxJoinHedges {
-				continue
-			}
-			if a := m.hedgePeer(tried); a.IsValid() {
-				tried[a] = true
-				running++
-				m.log.Debug("join is slow; also push/pulling with a peer", "seed", seed, "peer", a)
-				go pushPull(a)
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-m.done:
-			return net.ErrClosed
-		}
-	}
-	return last
-}
-
-// hedgePeer returns an admitted, live peer not in tried, or the zero Addr.
-func (m *Membership) hedgePeer(tried map[netip.Addr]bool) netip.Addr {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for a, p := range m.peers { // map order: a random pick
-		if p.admitted && p.state != "dead" && !tried[a] {
-			return a
-		}
-	}
-	return netip.Addr{}
-}
-
 // Members returns every agent this node knows of, admitted or not, sorted
 // by address.
 func (m *Membership) Members() []Member {
@@ -567,19 +555,19 @@ func (m *Membership) Members() []Member {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Member, 0, len(m.peers))
-	for addr, p := range m.peers {
+	out := make([]Member, 0, len(m.ids.agents))
+	for addr, p := range m.ids.agents {
 		mb := p.member(addr)
-		if p.admitted {
+		if p.admitted() {
 			if s, ok := states[nodeName(addr)]; ok {
 				mb.State = s
-			} else if p.state == "dead" {
-				mb.State = "dead" // declared dead; its WireGuard peer goes after a grace
+			} else if p.state == StateDead {
+				mb.State = StateDead.String() // declared dead; its WireGuard peer goes after a grace
 			} else {
 				// Admitted (it answered a HELLO) but not alive in
 				// memberlist: pending until gossip agrees, and removed by
 				// the reconciliation if it never does.
-				mb.State = "pending"
+				mb.State = StatePending.String()
 			}
 		}
 		out = append(out, mb)
@@ -593,15 +581,64 @@ func (m *Membership) Members() []Member {
 func (m *Membership) Lookup(addr netip.Addr) (Member, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := m.peers[addr]
+	p := m.ids.agents[addr]
 	if p == nil {
 		return Member{}, false
 	}
 	return p.member(addr), true
 }
 
+// Holder says who holds an overlay address (see Resolve).
+type Holder struct {
+	Kind Kind
+	// Member is the agent: the holder for KindAgent, the owner for
+	// KindTask; zero for KindSelf and KindLocalTask (the node knows
+	// itself).
+	Member Member
+	// Task describes a peer's task (KindTask).
+	Task *TaskInfo
+}
+
+// Resolve says who holds addr, from the identity table: this node, one of
+// its tasks, another agent (admitted or not: see Member.State) or another
+// agent's task. It reports false for an address nobody known holds.
+func (m *Membership) Resolve(addr netip.Addr) (Holder, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch k := m.ids.kind(addr); k {
+	case KindSelf, KindLocalTask:
+		return Holder{Kind: k}, true
+	case KindAgent:
+		return Holder{Kind: k, Member: m.ids.agents[addr].member(addr)}, true
+	case KindTask:
+		rt := m.ids.tasks[addr]
+		info := rt.info
+		h := Holder{Kind: k, Task: &info}
+		if p := m.ids.agents[rt.owner]; p != nil {
+			h.Member = p.member(rt.owner)
+		}
+		return h, true
+	}
+	return Holder{}, false
+}
+
+// ClaimLocal records addr as a task of this node in the identity table,
+// refusing an address another agent or task holds. ReleaseLocal forgets it.
+func (m *Membership) ClaimLocal(addr netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ids.claimLocal(addr)
+}
+
+// ReleaseLocal forgets a task of this node (see ClaimLocal).
+func (m *Membership) ReleaseLocal(addr netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.ids.local, addr)
+}
+
 func (p *peer) member(addr netip.Addr) Member {
-	mb := Member{Addr: addr, PublicKey: p.rec.wgKey, State: p.state, Endpoint: p.endpoint, Card: p.rec.card}
+	mb := Member{Addr: addr, PublicKey: p.rec.wgKey, State: p.state.String(), Endpoint: p.endpoint, Card: p.rec.card}
 	if p.cred != nil {
 		mb.ID, mb.TrustDomain, mb.Groups, mb.Roles, mb.Expires = p.cred.ID, p.cred.TrustDomain, p.cred.Groups, p.cred.Roles, p.cred.NotAfter
 	}
@@ -616,11 +653,12 @@ func (m *Membership) Stats() Stats {
 		return true
 	})
 	m.mu.Lock()
-	for _, p := range m.peers {
-		if p.admitted {
+	for _, p := range m.ids.agents {
+		if p.admitted() {
 			s.Members++
 		}
 	}
+	s.Revoked = m.revoked
 	m.mu.Unlock()
 	return s
 }
@@ -631,10 +669,23 @@ func (m *Membership) Bundle() *identity.Bundle { return m.cfg.Bundle }
 // TrustDomains returns the trust domains this node accepts.
 func (m *Membership) TrustDomains() []string { return m.cfg.Bundle.TrustDomains() }
 
+// refuseLogEvery is how often, at most, a refusal of one reason is logged;
+// every one is counted.
+const refuseLogEvery = 10 * time.Second
+
+// refuse counts a refusal by reason and logs it, at most once per reason
+// every refuseLogEvery (with the count since), so that a flood of bad
+// input costs a counter increment, not a log line.
 func (m *Membership) refuse(err error, kv ...any) {
 	r := reasonOf(err)
 	v, _ := m.refusals.LoadOrStore(r, new(atomic.Uint64))
 	n := v.(*atomic.Uint64).Add(1)
+	l, _ := m.logged.LoadOrStore(r, new(atomic.Int64))
+	last := l.(*atomic.Int64)
+	now := time.Now().UnixNano()
+	if prev := last.Load(); now-prev < int64(refuseLogEvery) || !last.CompareAndSwap(prev, now) {
+		return
+	}
 	m.log.Warn("refused", append([]any{"reason", string(r), "err", err, "total", n}, kv...)...)
 }
 
@@ -650,26 +701,27 @@ func (m *Membership) Leave(timeout time.Duration) error {
 		return nil
 	}
 	m.sayLeaving()
+	m.known.save(m.knownSnapshot(), m.log)
 	return m.ml.Leave(timeout)
 }
 
 // sayLeaving tells every admitted peer, through WireGuard, that this node
-// is leaving, so that each removes it at once and shows it as left.
+// is leaving, so that each removes it at once and shows it as left. The
+// LEAVE is signed: no other process on this host can say it for us.
 func (m *Membership) sayLeaving() {
 	if m.tasksvc == nil {
 		return
 	}
 	m.mu.Lock()
 	var to []netip.Addr
-	for a, p := range m.peers {
-		if p.admitted {
+	for a, p := range m.ids.agents {
+		if p.admitted() {
 			to = append(to, a)
 		}
 	}
 	m.mu.Unlock()
-	frame := []byte{ctrlMagic, ctrlVersion, frameLeave}
 	for _, a := range to {
-		m.tasksvc.pc.WriteTo(frame, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, TaskPort)))
+		m.sendPeer(a, frameLeave, nil)
 	}
 }
 
@@ -716,25 +768,35 @@ func stateName(s memberlist.NodeStateType) string {
 }
 
 // memberlist logs through a *log.Logger with "[LEVEL] memberlist: ..."
-// lines; route them to slog at their level.
-type mlWriter struct{ log *slog.Logger }
+// lines; mlWriter routes them to slog, rate-limited (see mllog.go).
+type mlWriter struct{ *mlLog }
 
-func newMemberlistLogger(l *slog.Logger) *stdlog.Logger { return stdlog.New(mlWriter{l}, "", 0) }
+func newMemberlistLogger(l *slog.Logger) *stdlog.Logger {
+	return stdlog.New(mlWriter{newMLLog(l)}, "", 0)
+}
 
 func (w mlWriter) Write(p []byte) (int, error) {
-	msg := string(bytes.TrimSpace(p))
-	level := slog.LevelDebug
-	switch {
-	case bytes.Contains(p, []byte("[ERR]")):
-		level = slog.LevelError
-	case bytes.Contains(p, []byte("[WARN]")):
-		level = slog.LevelWarn
-	case bytes.Contains(p, []byte("[INFO]")):
-		level = slog.LevelInfo
-	}
-	w.log.Log(context.Background(), level, msg)
+	w.write(string(bytes.TrimSpace(p)))
 	return len(p), nil
 }
+
+// Gossip message types (user messages, inside memberlist).
+const (
+	msgRecord     = 1
+	msgRevocation = 2
+)
+
+type broadcast struct {
+	key string
+	msg []byte
+}
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*broadcast)
+	return ok && ob.key == b.key
+}
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
 
 // encodeState frames records and revocations for push/pull:
 // version(1) then kind(1) | uvarint length | bytes, repeated.

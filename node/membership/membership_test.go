@@ -114,7 +114,7 @@ func TestMetaFits(t *testing.T) {
 // A memberlist node whose name or address is not its key's address is
 // refused by the alive delegate, and counted.
 func TestNotifyAliveAddressMismatch(t *testing.T) {
-	m := &Membership{peers: map[netip.Addr]*peer{}, refused: map[[16]byte]Reason{}, events: make(chan event, 8),
+	m := &Membership{ids: newIDTable(netip.Addr{}), refused: map[[16]byte]Reason{}, events: make(chan event, 8),
 		metaCache: map[string]*meta{}, metaByAddr: map[netip.Addr]string{}}
 	m.log = slog.New(slog.DiscardHandler)
 	k, _ := identity.GeneratePrivateKey()
@@ -182,12 +182,12 @@ func TestCatchUpTarget(t *testing.T) {
 	spread := 2 * time.Second
 	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 0x00, 0x20, 15: i}) }
 	peers := map[netip.Addr]*peer{
-		a(1): {admitted: true, admittedAt: now.Add(-5 * time.Second), catchUps: 2},                                   // known to memberlist
-		a(2): {admitted: true, admittedAt: now.Add(-4 * time.Second)},                                                // the oldest unknown: picked
-		a(3): {admitted: true, admittedAt: now.Add(-3 * time.Second)},                                                // unknown, younger
-		a(5): {admitted: false, admittedAt: now.Add(-9 * time.Second)},                                               // not admitted
-		a(6): {admitted: true, admittedAt: now.Add(-9 * time.Second), catchUpAt: now.Add(-time.Second), catchUps: 3}, // caught up with recently, in vain 3 times
-		a(7): {admitted: true, admittedAt: now.Add(-9 * time.Second), state: "dead"},                                 // declared dead
+		a(1): {state: StateAlive, admittedAt: now.Add(-5 * time.Second), catchUps: 2},                                   // known to memberlist
+		a(2): {state: StateAlive, admittedAt: now.Add(-4 * time.Second)},                                                // the oldest unknown: picked
+		a(3): {state: StateAlive, admittedAt: now.Add(-3 * time.Second)},                                                // unknown, younger
+		a(5): {state: StatePending, admittedAt: now.Add(-9 * time.Second)},                                              // not admitted
+		a(6): {state: StateAlive, admittedAt: now.Add(-9 * time.Second), catchUpAt: now.Add(-time.Second), catchUps: 3}, // caught up with recently, in vain 3 times
+		a(7): {state: StateDead, admittedAt: now.Add(-9 * time.Second)},                                                 // declared dead
 	}
 	live := map[string]bool{nodeName(a(1)): true}
 	if got, _ := catchUpTarget(peers, live, now, spread, time.Time{}); got != a(2) {
@@ -220,7 +220,7 @@ func TestCatchUpTarget(t *testing.T) {
 	// More unknown peers than stragglers: gossip may still be spreading a
 	// join storm; none is due while memberlist keeps learning of members.
 	for i := byte(10); i < 10+maxStragglers; i++ {
-		peers[a(i)] = &peer{admitted: true, admittedAt: now.Add(-3 * time.Second)}
+		peers[a(i)] = &peer{state: StateAlive, admittedAt: now.Add(-3 * time.Second)}
 	}
 	peers[a(6)].admittedAt, peers[a(6)].catchUpAt, peers[a(6)].catchUps = now.Add(-4*time.Second), time.Time{}, 0
 	if got, _ := catchUpTarget(peers, live, now, spread, now.Add(-time.Second)); got.IsValid() {
@@ -239,7 +239,7 @@ func TestCatchUpTarget(t *testing.T) {
 // verified meta carries is vouched for; anything else is still checked.
 func TestSignatureCheckedOncePerPeer(t *testing.T) {
 	newM := func() *Membership {
-		m := &Membership{peers: map[netip.Addr]*peer{}, refused: map[[16]byte]Reason{},
+		m := &Membership{ids: newIDTable(netip.Addr{}), refused: map[[16]byte]Reason{},
 			metaCache: map[string]*meta{}, metaByAddr: map[netip.Addr]string{}, keyAddr: map[[32]byte]netip.Addr{}}
 		m.log = slog.New(slog.DiscardHandler)
 		return m
@@ -263,7 +263,7 @@ func TestSignatureCheckedOncePerPeer(t *testing.T) {
 	// Record first: the meta that repeats it needs no signature; one that
 	// says anything else does.
 	m := newM()
-	m.peers[rec.addr] = &peer{rec: rec, state: "pending"}
+	m.ids.agents[rec.addr] = &peer{rec: rec, state: StatePending}
 	same, _ := encodeMeta(k, 3, rec.digest, eps)
 	if _, err := m.verifiedMeta(forge(same)); err != nil {
 		t.Fatalf("meta implied by the verified record refused: %v", err)
@@ -313,13 +313,13 @@ func mustMeta(t *testing.T, k identity.PrivateKey, seq uint64, dig [16]byte, eps
 func TestCheckDead(t *testing.T) {
 	now := time.Now()
 	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 15: i}) }
-	m := &Membership{rejoin: make(chan netip.Addr, 8), peers: map[netip.Addr]*peer{
-		a(1): {admitted: true, state: "dead", deadSince: now.Add(-deadCheckAfter)},               // due
-		a(2): {admitted: true, state: "dead", deadSince: now.Add(-deadCheckAfter / 2)},           // too soon
-		a(3): {admitted: true, state: "alive"},                                                   // refuted
-		a(4): {admitted: false, state: "dead", deadSince: now.Add(-10 * deadCheckAfter)},         // removed already
-		a(5): {admitted: true, state: "dead", deadSince: now.Add(-time.Minute), deadCheck: true}, // checked
-	}}
+	m := &Membership{rejoin: make(chan netip.Addr, 8), ids: idTable{agents: map[netip.Addr]*peer{
+		a(1): {state: StateDead, deadSince: now.Add(-deadCheckAfter)},               // due
+		a(2): {state: StateDead, deadSince: now.Add(-deadCheckAfter / 2)},           // too soon
+		a(3): {state: StateAlive},                                                   // refuted
+		a(4): {state: StateRemoved, deadSince: now.Add(-10 * deadCheckAfter)},       // removed already
+		a(5): {state: StateDead, deadSince: now.Add(-time.Minute), deadCheck: true}, // checked
+	}}}
 	m.checkDead(now)
 	m.checkDead(now.Add(deadCheckAfter / 4)) // a(1) again: not twice
 	var got []netip.Addr
@@ -330,7 +330,7 @@ func TestCheckDead(t *testing.T) {
 		t.Fatalf("push/pulled with %v (%d catch-ups), want [%v]", got, m.Stats().CatchUps, a(1))
 	}
 	m.markDead(a(3)) // declared dead anew: checked again once due
-	m.peers[a(3)].deadSince = now.Add(-2 * deadCheckAfter)
+	m.ids.agents[a(3)].deadSince = now.Add(-2 * deadCheckAfter)
 	m.checkDead(now)
 	if len(m.rejoin) != 1 || <-m.rejoin != a(3) {
 		t.Fatal("a peer declared dead again was not checked")
@@ -348,17 +348,17 @@ func (s *sentFrames) SendControl(to netip.AddrPort, _ []byte) error {
 // removal, then every ReconnectInterval; a peer that left is not.
 func TestHelloDead(t *testing.T) {
 	sent := &sentFrames{}
-	m := &Membership{cfg: Config{Control: sent, ReconnectInterval: 10 * time.Second}, peers: map[netip.Addr]*peer{}}
+	m := &Membership{cfg: Config{Control: sent, ReconnectInterval: 10 * time.Second}, ids: newIDTable(netip.Addr{}), asked: newExpiring[nonce, askedHello](8)}
 	m.log = slog.New(slog.DiscardHandler)
 	dead, left := netip.MustParseAddr("2001:21::1"), netip.MustParseAddr("2001:21::2")
 	ep := netip.MustParseAddrPort("192.0.2.1:51820")
 	for _, a := range []netip.Addr{dead, left} {
-		m.peers[a] = &peer{admitted: true, state: "alive", endpoint: ep, rec: &record{}}
+		m.ids.agents[a] = &peer{state: StateAlive, endpoint: ep, rec: &record{}}
 	}
 	m.cfg.Peers = nopPeers{}
-	m.remove(dead, "dead")
-	m.remove(left, "left")
-	t0 := m.peers[dead].deadSince
+	m.remove(dead, StateRemoved)
+	m.remove(left, StateLeft)
+	t0 := m.ids.agents[dead].deadSince
 	var at []time.Duration
 	for s := time.Duration(0); s <= 50*time.Second; s += 500 * time.Millisecond {
 		before := len(sent.to)
@@ -386,6 +386,7 @@ func TestHelloDead(t *testing.T) {
 type nopPeers struct{}
 
 func (nopPeers) SetPeer(identity.WGPublicKey, netip.AddrPort, []netip.Prefix) error { return nil }
+func (nopPeers) AllowTask(identity.WGPublicKey, netip.Addr, bool) error             { return nil }
 func (nopPeers) RemovePeer(identity.WGPublicKey) error                              { return nil }
 func (nopPeers) Await(netip.Addr)                                                   {}
 func (nopPeers) EndAwait(netip.Addr, bool)                                          {}
@@ -397,22 +398,22 @@ func TestRemoveUnlisted(t *testing.T) {
 	now := time.Now()
 	long := now.Add(-time.Minute)
 	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 15: i}) }
-	m := &Membership{cfg: Config{ReconnectInterval: 2 * time.Second}, peers: map[netip.Addr]*peer{
-		a(1): {admitted: true, state: "alive", admittedAt: long, rec: &record{}},                  // unlisted: removed
-		a(2): {admitted: true, state: "dead", admittedAt: long, deadSince: now, rec: &record{}},   // in its grace
-		a(3): {admitted: true, state: "alive", admittedAt: now.Add(-time.Second), rec: &record{}}, // just admitted
-		a(4): {admitted: true, state: "alive", admittedAt: long, rec: &record{}},                  // listed
-		a(5): {admitted: false, state: "left", admittedAt: long, deadSince: long, rec: &record{}}, // gone already
-	}}
+	m := &Membership{cfg: Config{ReconnectInterval: 2 * time.Second}, ids: idTable{agents: map[netip.Addr]*peer{
+		a(1): {state: StateAlive, admittedAt: long, rec: &record{}},                  // unlisted: removed
+		a(2): {state: StateDead, admittedAt: long, deadSince: now, rec: &record{}},   // in its grace
+		a(3): {state: StateAlive, admittedAt: now.Add(-time.Second), rec: &record{}}, // just admitted
+		a(4): {state: StateAlive, admittedAt: long, rec: &record{}},                  // listed
+		a(5): {state: StateLeft, admittedAt: long, deadSince: long, rec: &record{}},  // gone already
+	}}}
 	m.log = slog.New(slog.DiscardHandler)
 	m.cfg.Peers = nopPeers{}
 	m.removeUnlisted(now, map[string]bool{nodeName(a(4)): true})
 	for i, want := range map[byte]bool{1: false, 2: true, 3: true, 4: true, 5: false} {
-		if got := m.peers[a(i)].admitted; got != want {
+		if got := m.ids.agents[a(i)].admitted(); got != want {
 			t.Errorf("peer %d admitted = %v, want %v", i, got, want)
 		}
 	}
-	if m.peers[a(1)].state != "dead" {
-		t.Errorf("unlisted peer's state %q, want dead", m.peers[a(1)].state)
+	if m.ids.agents[a(1)].state != StateRemoved {
+		t.Errorf("unlisted peer's state %v, want removed", m.ids.agents[a(1)].state)
 	}
 }

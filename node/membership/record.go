@@ -189,9 +189,3 @@ func decodeMeta(b []byte, implied func(*meta) bool) (*meta, error) {
 func SignAgentRecord(k identity.PrivateKey, seq uint64, credential []byte, endpoints []netip.AddrPort, now time.Time) ([]byte, error) {
 	return newRecord(k, seq, credential, endpoints, nil, now)
 }
-
-// HelloFrame wraps a signed AgentRecord in a HELLO control frame, as a
-// node sends it on its UDP socket to a node it wants to be admitted by.
-func HelloFrame(record []byte) []byte {
-	return append([]byte{ctrlMagic, ctrlVersion, ctrlHello}, record...)
-}

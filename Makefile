@@ -35,7 +35,8 @@ fuzz:
 		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParsePathFrame overlay:FuzzSTUN overlay:FuzzParseSRv6 \
 		node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
-		node/membership:FuzzParseRecord node/membership:FuzzDecodeState node/card:FuzzParse \
+		node/membership:FuzzParseRecord node/membership:FuzzDecodeState \
+		node/membership:FuzzFrames node/membership:FuzzParseChain node/card:FuzzParse \
 		node/dns:FuzzAnswer node/policy:FuzzDecode node/policy:FuzzCompile \
 		node/policy:FuzzParseSelector node/policy:FuzzParseAnnotation node/policy:FuzzParseTests \
 		node/audit:FuzzDecode node/audit:FuzzParseCheckpoint \

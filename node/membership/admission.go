@@ -9,6 +9,8 @@ import (
 	"github.com/agent6/agent6/identity"
 )
 
+var errCtrlRate = errors.New("admission frames over the source's rate")
+
 // HandleControl takes an admission frame that arrived on the node's UDP
 // socket from an unauthenticated source. It is called on the receive path:
 // it checks the header and the source's rate (no signature, no copy) and
@@ -24,7 +26,10 @@ func (m *Membership) HandleControl(from netip.AddrPort, frame []byte) {
 		return
 	}
 	if !m.ctrlLimit.allow(from, time.Now()) {
-		m.refuse(refusal(ReasonRateLimited, errors.New("admission frames over the source's rate")), "endpoint", from)
+		// The hot path of a flood: a counter, and a log line now and then.
+		if n, due := m.count(ReasonRateLimited); due {
+			m.log.Warn("refused", "reason", string(ReasonRateLimited), "err", errCtrlRate, "total", n, "endpoint", from)
+		}
 		return
 	}
 	select {

@@ -37,6 +37,8 @@ const (
 // or from a node that is not the owner.
 const ReasonBadDelegation Reason = "bad_delegation"
 
+var errPeerRate = errors.New("peer frames over the source's rate")
+
 // ErrNotPeer reports a destination that is no admitted agent.
 var ErrNotPeer = errors.New("membership: destination is not an admitted agent or one of its tasks")
 
@@ -116,7 +118,9 @@ func (m *Membership) taskReadLoop() {
 			continue
 		}
 		if !m.peerLimit.allow(src, time.Now()) {
-			m.refuse(refusal(ReasonRateLimited, errors.New("peer frames over the source's rate")), "addr", src.Addr())
+			if n, due := m.count(ReasonRateLimited); due {
+				m.log.Warn("refused", "reason", string(ReasonRateLimited), "err", errPeerRate, "total", n, "addr", src.Addr())
+			}
 			continue
 		}
 		if typ == frameDAck {

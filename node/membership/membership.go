@@ -678,15 +678,27 @@ const refuseLogEvery = 10 * time.Second
 // input costs a counter increment, not a log line.
 func (m *Membership) refuse(err error, kv ...any) {
 	r := reasonOf(err)
-	v, _ := m.refusals.LoadOrStore(r, new(atomic.Uint64))
-	n := v.(*atomic.Uint64).Add(1)
-	l, _ := m.logged.LoadOrStore(r, new(atomic.Int64))
+	if n, due := m.count(r); due {
+		m.log.Warn("refused", append([]any{"reason", string(r), "err", err, "total", n}, kv...)...)
+	}
+}
+
+// count counts one refusal for r and reports the total and whether it is
+// due to be logged. It allocates only the first time a reason is seen.
+func (m *Membership) count(r Reason) (n uint64, due bool) {
+	v, ok := m.refusals.Load(r)
+	if !ok {
+		v, _ = m.refusals.LoadOrStore(r, new(atomic.Uint64))
+	}
+	n = v.(*atomic.Uint64).Add(1)
+	l, ok := m.logged.Load(r)
+	if !ok {
+		l, _ = m.logged.LoadOrStore(r, new(atomic.Int64))
+	}
 	last := l.(*atomic.Int64)
 	now := time.Now().UnixNano()
-	if prev := last.Load(); now-prev < int64(refuseLogEvery) || !last.CompareAndSwap(prev, now) {
-		return
-	}
-	m.log.Warn("refused", append([]any{"reason", string(r), "err", err, "total", n}, kv...)...)
+	prev := last.Load()
+	return n, now-prev >= int64(refuseLogEvery) && last.CompareAndSwap(prev, now)
 }
 
 // Leave announces departure and waits up to timeout for it to spread.

@@ -12,19 +12,22 @@ import (
 	"filippo.io/edwards25519"
 )
 
-// PrivateKey is an agent's one secret: an Ed25519 private key, held as its
-// 32-byte seed. The zero value is not a valid key; see IsZero.
+// PrivateKey is an agent's one secret: an Ed25519 private key, its 32-byte
+// seed. It also holds the public key, derived once when the key is made,
+// so that signing and Public cost no scalar multiplication for it. The
+// zero value is not a valid key; see IsZero.
 type PrivateKey struct {
 	seed [ed25519.SeedSize]byte
+	pub  [ed25519.PublicKeySize]byte
 }
 
 // GeneratePrivateKey returns a new random agent key.
 func GeneratePrivateKey() (PrivateKey, error) {
-	var k PrivateKey
-	if _, err := rand.Read(k.seed[:]); err != nil {
+	var seed [ed25519.SeedSize]byte
+	if _, err := rand.Read(seed[:]); err != nil {
 		return PrivateKey{}, fmt.Errorf("identity: generate key: %w", err)
 	}
-	return k, nil
+	return PrivateKeyFromSeed(seed[:])
 }
 
 // PrivateKeyFromSeed returns the agent key with the given 32-byte Ed25519 seed.
@@ -34,6 +37,7 @@ func PrivateKeyFromSeed(seed []byte) (PrivateKey, error) {
 		return PrivateKey{}, fmt.Errorf("%w: seed is %d bytes, want %d", ErrInvalidKey, len(seed), len(k.seed))
 	}
 	copy(k.seed[:], seed)
+	copy(k.pub[:], ed25519.NewKeyFromSeed(seed)[ed25519.SeedSize:])
 	return k, nil
 }
 
@@ -45,14 +49,14 @@ func (k PrivateKey) Equal(o PrivateKey) bool {
 	return subtle.ConstantTimeCompare(k.seed[:], o.seed[:]) == 1
 }
 
-func (k PrivateKey) ed25519() ed25519.PrivateKey { return ed25519.NewKeyFromSeed(k.seed[:]) }
+// ed25519 returns k in crypto/ed25519's form: seed, then public key.
+func (k PrivateKey) ed25519() ed25519.PrivateKey {
+	b := make(ed25519.PrivateKey, 0, ed25519.PrivateKeySize)
+	return append(append(b, k.seed[:]...), k.pub[:]...)
+}
 
 // Public returns the Ed25519 public key of k.
-func (k PrivateKey) Public() PublicKey {
-	var p PublicKey
-	copy(p.k[:], k.ed25519().Public().(ed25519.PublicKey))
-	return p
-}
+func (k PrivateKey) Public() PublicKey { return PublicKey{k: k.pub} }
 
 // Sign signs msg with k (pure Ed25519).
 func (k PrivateKey) Sign(msg []byte) []byte { return ed25519.Sign(k.ed25519(), msg) }

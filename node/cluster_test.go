@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -564,5 +565,83 @@ func TestLeaveAndRejoin(t *testing.T) {
 	defer cancel()
 	if err := exchange(ctx, a, b); err != nil {
 		t.Fatalf("%v\n%s", err, pairState(a, b))
+	}
+}
+
+// A node whose credential is revoked learns it from the peer that refuses
+// it — the CA-signed revocation, which it verifies — says so in its
+// status, and stops trying to join.
+func TestRevokedNodeIsTold(t *testing.T) {
+	o := newOrg(t, "example.org")
+	seed := o.member(t, "seed", o.bundle)
+	k, der := o.issue(t, "revoked", time.Hour)
+	rev, err := o.ca.Revoke(der, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seed.Revoke(rev.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	n := &node.Node{Key: k, Credential: der, Bundle: o.bundle, Join: []string{invite(t, seed)},
+		Endpoints: []netip.AddrPort{netip.AddrPortFrom(loopback, 0)}, TuneGossip: fastGossip, Logger: testLogger(t, "revoked")}
+	if err := n.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var st node.Status
+	waitFor(t, 10*time.Second, "the revoked node told", func() bool {
+		st, err = n.Status()
+		return err == nil && st.Membership.Revoked != nil
+	})
+	if m := st.Membership; m.Joined || m.Revoked.Serial == "" {
+		t.Fatalf("status %+v", m)
+	}
+	// It has stopped: no more HELLOs after a few join intervals.
+	hellos := n.Membership().Stats().Hellos
+	time.Sleep(3 * time.Second)
+	if now := n.Membership().Stats().Hellos; now != hellos {
+		t.Fatalf("still saying HELLO: %d, then %d", hellos, now)
+	}
+	if refused(seed, membership.ReasonRevoked) == 0 {
+		t.Fatal("the seed did not count the revoked HELLO")
+	}
+}
+
+// A restarted node with a state directory asks the peers it remembers
+// back at once, instead of waiting for them to ask it: a seed without a
+// join token of its own rejoins.
+func TestRestartedSeedRejoins(t *testing.T) {
+	o := newOrg(t, "example.org")
+	k, der := o.issue(t, "seed", time.Hour)
+	dir := t.TempDir()
+	start := func() *node.Node {
+		n := &node.Node{Key: k, Credential: der, Bundle: o.bundle, Dir: dir,
+			Endpoints: []netip.AddrPort{netip.AddrPortFrom(loopback, 0)}, TuneGossip: fastGossip, Logger: testLogger(t, "seed"),
+			ReconnectInterval: time.Hour}
+		if err := n.Up(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	seed := start()
+	tok := invite(t, seed)
+	a := o.member(t, "a", o.bundle, tok)
+	b := o.member(t, "b", o.bundle, tok)
+	waitFor(t, 20*time.Second, "mesh", func() bool { return fullMesh([]*node.Node{seed, a, b}) })
+	seed.Close() // saves the peers it knows, and says LEAVE
+	if _, err := os.Stat(filepath.Join(dir, "known-peers.json")); err != nil {
+		t.Fatalf("no known peers saved: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the seed gone", func() bool { return !admitted(a)[seed.Addr()] && !admitted(b)[seed.Addr()] })
+	begin := time.Now()
+	seed = start() // a new port: the peers cannot find it, it must find them
+	defer seed.Close()
+	waitFor(t, 20*time.Second, "the restarted seed back", func() bool { return fullMesh([]*node.Node{seed, a, b}) })
+	t.Logf("rejoined in %v", time.Since(begin).Round(time.Millisecond))
+	echo(t, seed)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := exchange(ctx, a, seed); err != nil {
+		t.Fatalf("%v\n%s", err, pairState(a, seed))
 	}
 }

@@ -29,6 +29,18 @@ func (t peerTable) AllowTask(key identity.WGPublicKey, task netip.Addr, allow bo
 
 func (t peerTable) RemovePeer(key identity.WGPublicKey) error { return t.dev.RemovePeer(key) }
 
+func (t peerTable) Received() (map[identity.WGPublicKey]uint64, error) {
+	peers, err := t.dev.Peers()
+	if err != nil {
+		return nil, err
+	}
+	rx := make(map[identity.WGPublicKey]uint64, len(peers))
+	for _, p := range peers {
+		rx[p.PublicKey] = p.RxBytes
+	}
+	return rx, nil
+}
+
 func (t peerTable) Await(addr netip.Addr) { t.dev.Filter().Await(addr) }
 
 func (t peerTable) EndAwait(addr netip.Addr, deliver bool) { t.dev.Filter().EndAwait(addr, deliver) }

@@ -40,6 +40,9 @@ type MembershipStatus struct {
 	// admitted peer whose alive message never arrived, or with a peer
 	// declared dead a second before.
 	CatchUps uint64 `json:"catch_ups"`
+	// DeathsOverruled counts peers memberlist declared dead that were kept
+	// because WireGuard kept receiving from them.
+	DeathsOverruled uint64 `json:"deaths_overruled"`
 	// Revoked is set once this node learnt that its own credential is
 	// revoked (from a peer that refused it, with the CA-signed revocation,
 	// or from gossip): peers refuse it and it has stopped joining.
@@ -166,7 +169,9 @@ func (n *Node) Status() (Status, error) {
 			TrustDomains: m.TrustDomains(),
 			Members:      ms.Members,
 			CatchUps:     ms.CatchUps,
-			Refused:      make(map[string]uint64, len(ms.Refused)),
+
+			DeathsOverruled: ms.DeathsOverruled,
+			Refused:         make(map[string]uint64, len(ms.Refused)),
 		}
 		for r, c := range ms.Refused {
 			st.Membership.Refused[string(r)] = c

@@ -57,6 +57,10 @@ func writeStatus(w io.Writer, st node.Status, now time.Time) error {
 		line("members", "%d admitted, %s", m.Members, joined)
 		line("refused", "%s", counts(m.Refused))
 		line("catch-ups", "%d", m.CatchUps)
+		line("kept alive", "%d declared dead by gossip but still heard from over WireGuard", m.DeathsOverruled)
+		if r := m.Revoked; r != nil {
+			line("REVOKED", "this node's credential (serial %s) was revoked at %s; peers refuse it", r.Serial, r.RevokedAt.Format(time.RFC3339))
+		}
 	} else {
 		line("membership", "none (static peers only)")
 	}

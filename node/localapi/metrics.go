@@ -53,6 +53,8 @@ var (
 		"Agent records and revocations membership refused, by reason.", []string{"reason"}, nil)
 	descCatchUps = prometheus.NewDesc("agent6_membership_catch_ups_total",
 		"Push/pulls repairing what gossip lost: with an admitted peer whose alive message never arrived, or with a peer declared dead a second before.", nil, nil)
+	descOverruled = prometheus.NewDesc("agent6_membership_deaths_overruled_total",
+		"Peers memberlist declared dead that were kept because WireGuard kept receiving from them.", nil, nil)
 	descBadRequests = prometheus.NewDesc("agent6_localapi_bad_requests_total",
 		"LocalAPI requests refused as malformed (bad path, method, parameter or body).", nil, nil)
 	descForbidden = prometheus.NewDesc("agent6_localapi_forbidden_total",
@@ -68,7 +70,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
-		descFlows, descForwarded, descForwardedBytes, descTransitFlows, descICMP, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descBadRequests, descForbidden, descDNS} {
+		descFlows, descForwarded, descForwardedBytes, descTransitFlows, descICMP, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descOverruled, descBadRequests, descForbidden, descDNS} {
 		ch <- d
 	}
 }
@@ -131,6 +133,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descJoined, joined)
 		counter(descCatchUps, m.CatchUps)
+		counter(descOverruled, m.DeathsOverruled)
 		for reason, v := range m.Refused {
 			counter(descRefusals, v, reason)
 		}

@@ -66,6 +66,10 @@ type Peers interface {
 	// existing peer's AllowedIPs, leaving the rest as they are.
 	AllowTask(key identity.WGPublicKey, task netip.Addr, allow bool) error
 	RemovePeer(key identity.WGPublicKey) error
+	// Received returns how many bytes WireGuard has received from each of
+	// its peers: authenticated traffic only, so a rise is proof of life
+	// that no gossip can fake or miss.
+	Received() (map[identity.WGPublicKey]uint64, error)
 	// Await holds the packets this node sends to addr until EndAwait:
 	// membership has asked the agent there for its record, and WireGuard
 	// has no peer for it yet. EndAwait with deliver sends them (the peer
@@ -154,6 +158,9 @@ type Stats struct {
 	// admitted peer whose alive message never arrived (see catchUp), and
 	// with a peer declared dead a second ago (see checkDead).
 	CatchUps uint64 `json:"catch_ups"`
+	// DeathsOverruled counts peers memberlist declared dead that were kept
+	// because WireGuard kept receiving from them (see removeDead).
+	DeathsOverruled uint64 `json:"deaths_overruled"`
 	// Revoked is set when this node learned that its own credential is
 	// revoked (a peer refused it with the CA-signed revocation, or gossip
 	// brought it): it stops trying to join.
@@ -229,6 +236,7 @@ type Membership struct {
 	admits   atomic.Uint64
 	catchUps atomic.Uint64
 	removes  atomic.Uint64
+	overrule atomic.Uint64
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -244,6 +252,7 @@ type peer struct {
 	helloTS   int64     // the last admission frame timestamp accepted from it
 	deadSince time.Time // when memberlist declared it dead; zero otherwise
 	deadCheck bool      // a push/pull asked for since it was declared dead
+	deadRx    uint64    // bytes WireGuard had received from it when it was declared dead
 	// reconnectAt is when a removed dead peer is next sent a HELLO, and
 	// reconnectGap the gap before that one (see helloDead).
 	reconnectAt  time.Time
@@ -647,7 +656,8 @@ func (p *peer) member(addr netip.Addr) Member {
 
 // Stats returns membership's counters.
 func (m *Membership) Stats() Stats {
-	s := Stats{Refused: make(map[Reason]uint64), Hellos: m.hellos.Load(), Admitted: m.admits.Load(), Removed: m.removes.Load(), CatchUps: m.catchUps.Load()}
+	s := Stats{Refused: make(map[Reason]uint64), Hellos: m.hellos.Load(), Admitted: m.admits.Load(), Removed: m.removes.Load(),
+		CatchUps: m.catchUps.Load(), DeathsOverruled: m.overrule.Load()}
 	m.refusals.Range(func(k, v any) bool {
 		s.Refused[k.(Reason)] = v.(*atomic.Uint64).Load()
 		return true

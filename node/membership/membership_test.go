@@ -313,7 +313,7 @@ func mustMeta(t *testing.T, k identity.PrivateKey, seq uint64, dig [16]byte, eps
 func TestCheckDead(t *testing.T) {
 	now := time.Now()
 	a := func(i byte) netip.Addr { return netip.AddrFrom16([16]byte{0x20, 0x01, 15: i}) }
-	m := &Membership{rejoin: make(chan netip.Addr, 8), ids: idTable{agents: map[netip.Addr]*peer{
+	m := &Membership{cfg: Config{Peers: nopPeers{}}, rejoin: make(chan netip.Addr, 8), ids: idTable{agents: map[netip.Addr]*peer{
 		a(1): {state: StateDead, deadSince: now.Add(-deadCheckAfter)},               // due
 		a(2): {state: StateDead, deadSince: now.Add(-deadCheckAfter / 2)},           // too soon
 		a(3): {state: StateAlive},                                                   // refuted
@@ -329,6 +329,7 @@ func TestCheckDead(t *testing.T) {
 	if len(got) != 1 || got[0] != a(1) || m.Stats().CatchUps != 1 {
 		t.Fatalf("push/pulled with %v (%d catch-ups), want [%v]", got, m.Stats().CatchUps, a(1))
 	}
+	m.ids.agents[a(3)].rec = &record{}
 	m.markDead(a(3)) // declared dead anew: checked again once due
 	m.ids.agents[a(3)].deadSince = now.Add(-2 * deadCheckAfter)
 	m.checkDead(now)
@@ -388,6 +389,7 @@ type nopPeers struct{}
 func (nopPeers) SetPeer(identity.WGPublicKey, netip.AddrPort, []netip.Prefix) error { return nil }
 func (nopPeers) AllowTask(identity.WGPublicKey, netip.Addr, bool) error             { return nil }
 func (nopPeers) RemovePeer(identity.WGPublicKey) error                              { return nil }
+func (nopPeers) Received() (map[identity.WGPublicKey]uint64, error)                 { return nil, nil }
 func (nopPeers) Await(netip.Addr)                                                   {}
 func (nopPeers) EndAwait(netip.Addr, bool)                                          {}
 
@@ -415,5 +417,49 @@ func TestRemoveUnlisted(t *testing.T) {
 	}
 	if m.ids.agents[a(1)].state != StateRemoved {
 		t.Errorf("unlisted peer's state %v, want removed", m.ids.agents[a(1)].state)
+	}
+}
+
+// talkingPeers is a WireGuard whose peers received what rx says.
+type talkingPeers struct {
+	nopPeers
+	rx      map[identity.WGPublicKey]uint64
+	removed []identity.WGPublicKey
+}
+
+func (p *talkingPeers) Received() (map[identity.WGPublicKey]uint64, error) { return p.rx, nil }
+func (p *talkingPeers) RemovePeer(k identity.WGPublicKey) error {
+	p.removed = append(p.removed, k)
+	return nil
+}
+
+// A peer memberlist declared dead is removed after the grace, unless
+// WireGuard received from it meanwhile: then it is kept, counted, and
+// looked at again a grace later.
+func TestRemoveDeadUnlessTalking(t *testing.T) {
+	keyOf := func(i byte) identity.WGPublicKey { return identity.WGPublicKeyFromRaw([32]byte{i}) }
+	a := func(i byte) netip.Addr { return keyOf(i).Addr() }
+	wg := &talkingPeers{rx: map[identity.WGPublicKey]uint64{keyOf(1): 100, keyOf(2): 100}}
+	c := memberlist.DefaultLANConfig()
+	m := &Membership{cfg: Config{Peers: wg}, mlConf: c, ids: newIDTable(netip.Addr{})}
+	m.log = slog.New(slog.DiscardHandler)
+	for i := byte(1); i <= 2; i++ {
+		m.ids.agents[a(i)] = &peer{state: StateAlive, rec: &record{wgKey: keyOf(i)}}
+		m.markDead(a(i))
+	}
+	wg.rx[keyOf(1)] = 500 // still talking
+	grace := gossipSpread(c, 0)
+	now := time.Now().Add(grace)
+	m.removeDeadAt(now, 0)
+	if len(wg.removed) != 1 || wg.removed[0] != keyOf(2) {
+		t.Fatalf("removed %v, want only the silent peer", wg.removed)
+	}
+	if p := m.ids.agents[a(1)]; p.state != StateDead || !p.admitted() || m.Stats().DeathsOverruled != 1 {
+		t.Fatalf("talking peer: %v, overruled %d", p.state, m.Stats().DeathsOverruled)
+	}
+	// Silent from then on: removed a grace later.
+	m.removeDeadAt(now.Add(grace), 0)
+	if len(wg.removed) != 2 || m.ids.agents[a(1)].state != StateRemoved {
+		t.Fatalf("removed %v; state %v", wg.removed, m.ids.agents[a(1)].state)
 	}
 }

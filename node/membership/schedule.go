@@ -28,20 +28,30 @@ func (m *Membership) maintain(now time.Time) {
 	m.catchUp(now)
 }
 
-// markDead records that memberlist declared an admitted peer dead. Its
-// WireGuard peer stays for deadGrace (removeDead removes it then): a node
-// declared dead by mistake — slow under load, as in a join storm — hears
-// of it and refutes through the session it still has, where removing the
-// peer at once would cut the refutation off and cost a HELLO, a new
-// handshake and a push/pull to undo. checkDead uses that session too.
+// markDead records that memberlist declared an admitted peer dead, and
+// how much WireGuard had received from it then. Its WireGuard peer stays
+// for deadGrace (removeDead removes it then, unless it kept talking): a
+// node declared dead by mistake — slow under load, as in a join storm —
+// hears of it and refutes through the session it still has, where
+// removing the peer at once would cut the refutation off and cost a
+// HELLO, a new handshake and a push/pull to undo. checkDead uses that
+// session too.
 func (m *Membership) markDead(addr netip.Addr) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	p := m.ids.agents[addr]
 	if p == nil || p.state != StateAlive {
+		m.mu.Unlock()
 		return
 	}
 	p.state, p.deadSince, p.deadCheck = StateDead, time.Now(), false
+	key := p.rec.wgKey
+	m.mu.Unlock()
+	rx, err := m.cfg.Peers.Received()
+	m.mu.Lock()
+	if err == nil && p.state == StateDead {
+		p.deadRx = rx[key]
+	}
+	m.mu.Unlock()
 }
 
 // deadCheckAfter is how long a peer declared dead may stay so before
@@ -85,11 +95,40 @@ func (m *Membership) checkDead(now time.Time) {
 }
 
 // removeDead removes the peers declared dead at least deadGrace ago and
-// not alive since.
-func (m *Membership) removeDead(now time.Time) {
-	grace := m.deadGrace()
-	m.removeIf(StateRemoved, func(_ netip.Addr, p *peer) bool {
-		return p.state == StateDead && now.Sub(p.deadSince) >= grace
+// not alive since — unless WireGuard received from them meanwhile:
+// authenticated traffic is better evidence than probes gossip missed (on
+// a loaded node, or across a lossy path, memberlist's timers declare
+// live peers dead), and removing a peer that still talks would cut its
+// connections. Such a peer keeps its WireGuard peer and stays dead to
+// memberlist, is push/pulled with again (checkDead), and is looked at
+// again a grace later; counted as DeathsOverruled.
+func (m *Membership) removeDead(now time.Time) { m.removeDeadAt(now, m.ml.NumMembers()) }
+
+// removeDeadAt is removeDead in a cluster of n members.
+func (m *Membership) removeDeadAt(now time.Time, n int) {
+	grace := gossipSpread(m.mlConf, n)
+	due := func(p *peer) bool { return p.state == StateDead && now.Sub(p.deadSince) >= grace }
+	m.mu.Lock()
+	some := false
+	for _, p := range m.ids.agents {
+		some = some || due(p)
+	}
+	m.mu.Unlock()
+	if !some {
+		return
+	}
+	rx, err := m.cfg.Peers.Received()
+	m.removeIf(StateRemoved, func(addr netip.Addr, p *peer) bool {
+		if !due(p) {
+			return false
+		}
+		if got, ok := rx[p.rec.wgKey]; err == nil && ok && got > p.deadRx {
+			p.deadSince, p.deadRx, p.deadCheck = now, got, false
+			m.overrule.Add(1)
+			m.log.Debug("declared dead but still talking: kept", "addr", addr, "received", got)
+			return false
+		}
+		return true
 	})
 }
 
@@ -107,12 +146,6 @@ func (m *Membership) removeIf(state State, cond func(netip.Addr, *peer) bool) {
 	for _, a := range gone {
 		m.remove(a, state)
 	}
-}
-
-// deadGrace is how long a peer declared dead keeps its WireGuard peer:
-// the time gossip takes to spread its refutation.
-func (m *Membership) deadGrace() time.Duration {
-	return gossipSpread(m.mlConf, m.ml.NumMembers())
 }
 
 // remove takes a peer out of WireGuard, recording why: StateRemoved

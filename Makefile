@@ -38,7 +38,7 @@ fuzz:
 		identity:FuzzParsePrivateKeyPEM identity:FuzzParseWGPublicKey identity:FuzzParseSignedRecord \
 		identity:FuzzVerify identity:FuzzParseBundle identity:FuzzParseRevocation \
 		identity:FuzzParseDelegation identity:FuzzParseLink \
-		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParsePathFrame overlay:FuzzSTUN \
+		overlay:FuzzParseIPv6 overlay:FuzzHandshakes overlay:FuzzParsePathFrame overlay:FuzzSTUN overlay:FuzzParseSRv6 \
 		node/config:FuzzParse \
 		node/membership:FuzzParseToken node/membership:FuzzDecodeMeta \
 		node/membership:FuzzParseRecord node/membership:FuzzDecodeState \

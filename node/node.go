@@ -109,6 +109,14 @@ type Node struct {
 	// <name>.<trust-domain>.agent6. with the agent's address (package
 	// node/dns).
 	DisableDNS bool
+	// Via, if set, says which of this node's flows must cross waypoints
+	// and which must have crossed them to arrive (overlay.Via): the node
+	// sends the former through them (SRv6) and refuses what arrives
+	// without the latter. Policy (@via) is to provide it; until then it is
+	// for programs that embed a node, and for tests.
+	Via overlay.Via
+	// Waypoint, if set, makes this node a waypoint for others' flows.
+	Waypoint *Waypoint
 
 	mu      sync.Mutex // guards the fields below
 	started bool
@@ -220,7 +228,7 @@ func (n *Node) up(ctx context.Context) error {
 		ListenPort: n.ListenPort,
 		Bind:       n.bind,
 		Logger:     n.log,
-		Filter:     overlay.FilterConfig{OnHold: n.onHold},
+		Filter:     overlay.FilterConfig{OnHold: n.onHold, Via: n.Via, Transit: n.transit(key)},
 	})
 	if err != nil {
 		return fmt.Errorf("node: %w", err)

@@ -75,6 +75,15 @@ type FilterStatus struct {
 	Untracked   uint64            `json:"untracked_packets"`
 	Held        uint64            `json:"held_packets"`
 	Drops       map[string]uint64 `json:"drops"`
+	// As a waypoint: packets and bytes forwarded, flows forwarded now.
+	Forwarded      uint64 `json:"forwarded_packets"`
+	ForwardedBytes uint64 `json:"forwarded_bytes"`
+	TransitFlows   int    `json:"transit_flows"`
+	// ICMPv6 errors sent to the local stack (Packet Too Big,
+	// administratively prohibited), and those not sent (rate limit, or
+	// the queue to the local stack full).
+	ICMPErrors  uint64 `json:"icmp_errors"`
+	ICMPLimited uint64 `json:"icmp_limited"`
 }
 
 // HandshakeStatus counts (see overlay.HandshakeStats) the handshakes

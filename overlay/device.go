@@ -100,6 +100,7 @@ func NewDevice(tunDev tun.Device, cfg Config) (*Device, error) {
 		fcfg.Logger = log
 	}
 	filter := NewFilter(tunDev, fcfg)
+	filter.keys.set(cfg.PrivateKey) // before WireGuard can hand it a packet
 	bind := cfg.Bind
 	if bind == nil {
 		bind = conn.NewDefaultBind()
@@ -220,6 +221,11 @@ func (d *Device) SetPeer(p PeerConfig) error {
 		return fmt.Errorf("overlay: set peer %s: %w", p.PublicKey.ShortString(), err)
 	}
 	d.allowed[p.PublicKey] = want
+	addrs := make([]netip.Prefix, 0, len(want))
+	for pfx := range want {
+		addrs = append(addrs, pfx)
+	}
+	d.filter.setPeerAddrs(p.PublicKey, addrs)
 	if b, ok := d.bind.(*Bind); ok && have == nil {
 		switch {
 		case p.Endpoint.IsValid():
@@ -273,6 +279,7 @@ func (d *Device) RemovePeer(pub identity.WGPublicKey) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.allowed, pub)
+	d.filter.setPeerAddrs(pub, nil)
 	raw := pub.Raw()
 	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))); err != nil {
 		return fmt.Errorf("overlay: remove peer %s: %w", pub.ShortString(), err)

@@ -12,6 +12,13 @@
 // from its key, refuses inbound packets whose source does not belong to the
 // peer that sent them. Together they make the source address an identity.
 //
+// The filter also carries path control (docs/srv6.md): given a Via
+// hook, it sends the flows that must cross waypoints as SRv6 (srv6.go),
+// serves as a waypoint that checks, stamps and forwards them (route.go),
+// and at the destination verifies their ordered proof of transit (pot.go)
+// before delivering the inner packet alone. Capture (capture.go) copies
+// the packets crossing between the filter and WireGuard into a pcap.
+//
 // Under wireguard-go, Bind is the node's one UDP socket: it hands Agent6
 // control frames to membership instead of WireGuard, and keeps first
 // handshakes from waiting WireGuard's 5 s retry (handshake.go): two

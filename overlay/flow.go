@@ -25,6 +25,12 @@ type flow struct {
 	txBytes   atomic.Uint64
 	rxPackets atomic.Uint64
 	rxBytes   atomic.Uint64
+
+	// Path control (Via set): the cached answers for each direction,
+	// and the window of proof-of-transit sequence numbers accepted.
+	out    atomic.Pointer[outRoute]
+	in     atomic.Pointer[inRoute]
+	replay atomic.Pointer[replayWindow]
 }
 
 func (fl *flow) count(now int64, size int, out bool) {

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -147,11 +148,31 @@ func (t *netstackTUN) Write(bufs [][]byte, offset int) (int, error) {
 		if pkt[0]>>4 != 6 {
 			return 0, syscall.EAFNOSUPPORT
 		}
+		prohibitedToNoRoute(pkt)
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 		t.ep.InjectInbound(header.IPv6ProtocolNumber, pb)
 		pb.DecRef()
 	}
 	return len(bufs), nil
+}
+
+// prohibitedToNoRoute rewrites an ICMPv6 "administratively prohibited"
+// (Destination Unreachable, code 1) into "no route to destination" (code
+// 0), fixing its checksum. gVisor ignores code 1 (its TCP acts only on
+// codes 0 and 4, gvisor.dev/issues/5270), so a connection refused by
+// policy, or that no waypoint can carry, would retry its SYN for a minute
+// instead of failing at once, as it does on a kernel stack.
+func prohibitedToNoRoute(pkt []byte) {
+	if len(pkt) < ipv6HeaderLen+8 || pkt[6] != protoICMPv6 || pkt[40] != ICMPv6DestUnreachable || pkt[41] != ICMPv6CodeProhibited {
+		return
+	}
+	pkt[41] = 0
+	// RFC 1624: HC' = ~(~HC + ~m + m'), m the word holding type and code.
+	old, new := uint32(pkt[40])<<8|ICMPv6CodeProhibited, uint32(pkt[40])<<8
+	sum := uint32(^binary.BigEndian.Uint16(pkt[42:])) + (^old & 0xffff) + new
+	sum = sum&0xffff + sum>>16
+	sum = sum&0xffff + sum>>16
+	binary.BigEndian.PutUint16(pkt[42:], ^uint16(sum))
 }
 
 func (t *netstackTUN) File() *os.File           { return nil }

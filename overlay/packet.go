@@ -25,6 +25,7 @@ type packetInfo struct {
 	src, dst     [16]byte
 	proto        uint8  // upper-layer protocol after extension headers
 	sport, dport uint16 // ports; ICMPv6 echo identifier in both; else 0
+	l4           int    // offset of the upper-layer header, 0 if the walk did not reach one
 }
 
 // parseIPv6 reads the addresses, upper-layer protocol and ports of the IPv6
@@ -43,7 +44,7 @@ func parseIPv6(pkt []byte, info *packetInfo) bool {
 	pkt = pkt[:end] // bytes past the payload length are link padding
 	copy(info.src[:], pkt[8:24])
 	copy(info.dst[:], pkt[24:40])
-	info.sport, info.dport = 0, 0
+	info.sport, info.dport, info.l4 = 0, 0, 0
 	next := pkt[6]
 	off := ipv6HeaderLen
 walk:
@@ -76,6 +77,7 @@ walk:
 		return true
 	}
 	l4 := pkt[off:]
+	info.l4 = off
 	switch next {
 	case protoTCP, protoUDP:
 		if len(l4) >= 4 {

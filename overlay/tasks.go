@@ -106,26 +106,27 @@ func (f *Filter) RemoveTask(addr netip.Addr) {
 }
 
 // hold keeps a copy of a task's packet for a peer that has not yet
-// acknowledged the task's delegation. Called with the flow table's read
-// lock held; the first packet for a peer calls OnHold.
-func (f *Filter) hold(t *taskAddr, info *packetInfo, pkt []byte) {
+// acknowledged the task's delegation: its destination, or the first
+// waypoint its flow crosses. Called with the flow table's read lock held;
+// the first packet for a peer calls OnHold.
+func (f *Filter) hold(t *taskAddr, peer [16]byte, pkt []byte) {
 	t.mu.Lock()
 	if t.pending == nil { // task removed meanwhile
 		t.mu.Unlock()
 		f.drops[DropUndelivered].Add(1)
 		return
 	}
-	held, waiting := t.pending[info.dst]
+	held, waiting := t.pending[peer]
 	if len(held) >= maxHeld {
 		t.mu.Unlock()
 		f.drops[DropUndelivered].Add(1)
 		return
 	}
-	t.pending[info.dst] = append(held, append([]byte(nil), pkt...))
+	t.pending[peer] = append(held, append([]byte(nil), pkt...))
 	t.mu.Unlock()
 	f.held.Add(1)
 	if !waiting && f.cfg.OnHold != nil {
-		f.cfg.OnHold(t.addr, netip.AddrFrom16(info.dst))
+		f.cfg.OnHold(t.addr, netip.AddrFrom16(peer))
 	}
 }
 
@@ -196,31 +197,43 @@ func (f *Filter) Forget(task, dst netip.Addr) {
 // reader so that it comes now.
 func (f *Filter) send(pkts ...[]byte) {
 	f.readyMu.Lock()
-	f.ready = append(f.ready, pkts...)
+	for _, p := range pkts {
+		f.ready = append(f.ready, readyPkt{pkt: p})
+	}
 	f.readyN.Store(int32(len(f.ready)))
 	f.readyMu.Unlock()
 	f.wake()
 }
 
-// takeReady moves released packets into bufs and filters them like any
-// read packet.
+// takeReady moves queued packets into bufs: a run of released held
+// packets, filtered like any read packet, or a run of forwarded ones,
+// sent as they are.
 func (f *Filter) takeReady(bufs [][]byte, sizes []int, offset int) int {
 	f.readyMu.Lock()
 	n := 0
-	for n < len(bufs) && n < len(f.ready) {
-		if len(f.ready[n]) > len(bufs[n])-offset {
-			break // cannot happen: held packets came from such buffers
+	transit := len(f.ready) > 0 && f.ready[0].transit
+	for n < len(bufs) && n < len(f.ready) && f.ready[n].transit == transit {
+		p := f.ready[n]
+		sizes[n] = 0
+		if len(p.pkt) <= len(bufs[n])-offset { // always: they came from such buffers
+			sizes[n] = copy(bufs[n][offset:], p.pkt)
 		}
-		sizes[n] = copy(bufs[n][offset:], f.ready[n])
+		if p.pooled != nil {
+			fwdPool.Put(p.pooled)
+		}
 		n++
 	}
-	f.ready = f.ready[n:]
-	if len(f.ready) == 0 {
-		f.ready = nil
+	if transit {
+		f.readyTransit -= n
 	}
+	// Shift the rest down, keeping the queue's array: a waypoint passes
+	// a batch through it at every write.
+	rest := copy(f.ready, f.ready[n:])
+	clear(f.ready[rest:])
+	f.ready = f.ready[:rest]
 	f.readyN.Store(int32(len(f.ready)))
 	f.readyMu.Unlock()
-	if n > 0 {
+	if n > 0 && !transit {
 		f.filterOut(bufs, sizes, n, offset)
 	}
 	return n

@@ -39,6 +39,7 @@ var commands = map[string]command{
 	"ca":       {summary: "organisation CA: init, issue, revoke", run: runCA, sub: caCommands},
 	"policy":   {summary: "policy documents, offline: sign, test, show, explain", run: runPolicy, sub: policyCommands},
 	"audit":    {summary: "the verifiable audit log: vkey, verify (offline)", run: runAudit, sub: auditCommands},
+	"capture":  {summary: "write a pcap of the overlay packets entering and leaving WireGuard", run: runCapture},
 	"version":  {summary: "print the version and the source revision it was built from", run: runVersion},
 }
 

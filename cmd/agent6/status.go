@@ -68,6 +68,12 @@ func writeStatus(w io.Writer, st node.Status, now time.Time) error {
 	line("filter", "in %d packets / %d B, out %d packets / %d B; %d flows, %d untracked, %d held",
 		f.InPackets, f.InBytes, f.OutPackets, f.OutBytes, f.ActiveFlows, f.Untracked, f.Held)
 	line("drops", "%s", counts(f.Drops))
+	if f.Forwarded > 0 || f.TransitFlows > 0 {
+		line("waypoint", "forwarded %d packets / %d B, %d flows now", f.Forwarded, f.ForwardedBytes, f.TransitFlows)
+	}
+	if f.ICMPErrors > 0 || f.ICMPLimited > 0 {
+		line("icmp", "%d errors to the local stack, %d not sent (rate limit)", f.ICMPErrors, f.ICMPLimited)
+	}
 	h := st.Handshakes
 	line("handshakes", "crossed: %d held (%d answered, %d released), ours %d superseded, %d sent late; %d redelivered",
 		h.CrossHeld, h.CrossAnswered, h.CrossReleased, h.CrossSuperseded, h.CrossSentLate, h.Redelivered)

@@ -59,6 +59,7 @@ func TestWritesNeedCredentials(t *testing.T) {
 	}{
 		{"GET", "/v1/status", "", 200},
 		{"POST", "/v1/revocations", "x", 403},
+		{"GET", "/v1/capture?duration=1s", "", 403},
 		{"POST", "/v1/tasks", `{"class":"x"}`, 409}, // no membership, said before the caller is asked
 	} {
 		req, _ := http.NewRequest(tc.method, hs.URL+tc.path, strings.NewReader(tc.body))
@@ -73,8 +74,8 @@ func TestWritesNeedCredentials(t *testing.T) {
 			t.Errorf("%s %s: %d %+v, want %d", tc.method, tc.path, resp.StatusCode, eb, tc.status)
 		}
 	}
-	if srv.Forbidden() != 1 {
-		t.Errorf("forbidden = %d, want 1", srv.Forbidden())
+	if srv.Forbidden() != 2 {
+		t.Errorf("forbidden = %d, want 2", srv.Forbidden())
 	}
 }
 
@@ -230,6 +231,7 @@ func TestCallersByUID(t *testing.T) {
 		{"end root's task", "DELETE", "/v1/tasks/" + rootTask.ID, "", "403 forbidden"},
 		{"sub-agent of root's task", "POST", "/v1/tasks", `{"parent":"` + rootTask.ID + `"}`, "403 forbidden"},
 		{"revoke", "POST", "/v1/revocations", "x", "403 forbidden"},
+		{"capture", "GET", "/v1/capture?duration=1s", "", "403 forbidden"},
 	} {
 		if got := user(tc.method, tc.path, tc.body); got != tc.want {
 			t.Errorf("%s as another user: %s, want %s", tc.what, got, tc.want)
@@ -263,7 +265,7 @@ func TestCallersByUID(t *testing.T) {
 	if err := c.EndTask(context.Background(), theirs); !errors.As(err, &apiErr) || apiErr.Status != 404 {
 		t.Errorf("task still there after root ended it: %v", err)
 	}
-	if got := srv.Forbidden(); got != 4 {
-		t.Errorf("forbidden = %d, want 4", got)
+	if got := srv.Forbidden(); got != 5 {
+		t.Errorf("forbidden = %d, want 5", got)
 	}
 }

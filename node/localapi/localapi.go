@@ -13,6 +13,8 @@
 //	                      "uid": the caller's, ...}; a TTL beyond the node's credential or the parent is 422
 //	GET  /v1/tasks        []Task: the running tasks
 //	DELETE /v1/tasks/{id} 204: the task ends, its address goes and its peers are told
+//	GET  /v1/capture?peer=&duration=
+//	                      a pcap stream of the overlay packets entering and leaving WireGuard
 //	GET  /metrics         Prometheus text: filter, membership, DNS and LocalAPI counters
 //
 // Errors are JSON objects {"error": message, "code": stable-code} with a
@@ -21,14 +23,14 @@
 // # Callers
 //
 // Whoever can open the socket (mode 0660: its owner and its group, see
-// ListenGroup) may read every GET endpoint and start tasks. Writes depend
-// on who the caller is, which the kernel says for each connection
-// (SO_PEERCRED): a task belongs to the uid that started it, and only that
-// uid or root may end it or start a sub-agent of it; revocations need
-// root or a member of one of Server.AdminGroups. The user the node runs as
-// counts as root. Anything else is refused with 403 and code "forbidden",
-// counted (agent6_localapi_forbidden_total) and logged, at most once
-// every 10 s.
+// ListenGroup) may read every GET endpoint but /v1/capture, and start
+// tasks. Writes depend on who the caller is, which the kernel says for
+// each connection (SO_PEERCRED): a task belongs to the uid that started
+// it, and only that uid or root may end it or start a sub-agent of it;
+// revocations and captures need root or a member of one of
+// Server.AdminGroups. The user the node runs as counts as root. Anything
+// else is refused with 403 and code "forbidden", counted
+// (agent6_localapi_forbidden_total) and logged, at most once every 10 s.
 package localapi
 
 import (
@@ -102,6 +104,8 @@ type Server struct {
 
 	mu     sync.Mutex            // guards owners
 	owners map[netip.Addr]uint32 // task address -> the uid that started it
+
+	stopping context.Context // Serve's: done when it shuts down (streams end)
 }
 
 // Handler returns the API's HTTP handler.
@@ -116,6 +120,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/v1/revocations", s.only(http.MethodPost, s.revoke))
 	mux.HandleFunc("/v1/tasks", s.tasks)
 	mux.HandleFunc("/v1/tasks/{id}", s.only(http.MethodDelete, s.endTask))
+	mux.HandleFunc("/v1/capture", s.only(http.MethodGet, s.capture))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := s.badRequests.Add(1)
 		if s.Logger != nil {
@@ -346,6 +351,7 @@ func ListenGroup(path string, gid int) (net.Listener, error) {
 // socket file. Each connection carries its caller's credentials, which
 // the writes need (see the package doc).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.stopping = ctx
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -439,6 +445,15 @@ func (c *Client) Revoke(ctx context.Context, pemBytes []byte) (RevokeResponse, e
 	return out, err
 }
 
+// responseError reads an error response.
+func responseError(path string, resp *http.Response) error {
+	var eb ErrorBody
+	if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
+		return fmt.Errorf("localapi: %s: HTTP %d", path, resp.StatusCode)
+	}
+	return &Error{Path: path, Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+}
+
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -454,11 +469,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var eb ErrorBody
-		if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
-			return fmt.Errorf("localapi: %s: HTTP %d", path, resp.StatusCode)
-		}
-		return &Error{Path: path, Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return responseError(path, resp)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil

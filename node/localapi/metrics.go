@@ -27,6 +27,14 @@ var (
 		"Packets passed without a flow entry because the flow table was full.", nil, nil)
 	descFlows = prometheus.NewDesc("agent6_filter_flows",
 		"Flows in the filter's flow table.", nil, nil)
+	descForwarded = prometheus.NewDesc("agent6_waypoint_forwarded_packets_total",
+		"Packets this node forwarded as a waypoint (SRv6), each checked and stamped.", nil, nil)
+	descForwardedBytes = prometheus.NewDesc("agent6_waypoint_forwarded_bytes_total",
+		"Bytes of the packets this node forwarded as a waypoint.", nil, nil)
+	descTransitFlows = prometheus.NewDesc("agent6_waypoint_flows",
+		"Flows this node forwards as a waypoint now.", nil, nil)
+	descICMP = prometheus.NewDesc("agent6_filter_icmp_errors_total",
+		"ICMPv6 errors the filter made for the local stack (Packet Too Big, administratively prohibited), by result (sent; limited: not sent, over the rate limit or with the queue to the stack full).", []string{"result"}, nil)
 	descCrossings = prometheus.NewDesc("agent6_wireguard_handshake_crossings_total",
 		"Handshakes this node and a peer started at once, by outcome (answered: the peer's held until ours was answered, then dropped; released: the peer's held, then delivered when ours was not answered; superseded: ours held while WireGuard had the peer's to answer, then dropped when it answered; sent_late: ours held, then sent when it did not).", []string{"outcome"}, nil)
 	descRedelivered = prometheus.NewDesc("agent6_wireguard_handshake_redelivered_total",
@@ -62,7 +70,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descPeers, descPackets, descBytes, descDrops, descUntracked,
-		descFlows, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descOverruled, descBadRequests, descForbidden, descDNS} {
+		descFlows, descForwarded, descForwardedBytes, descTransitFlows, descICMP, descCrossings, descRedelivered, descNetstackDrops, descNetstackUnknownPort, descNetstackRetransmits, descMembers, descJoined, descRefusals, descCatchUps, descOverruled, descBadRequests, descForbidden, descDNS} {
 		ch <- d
 	}
 }
@@ -102,6 +110,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, v := range f.Drops {
 		counter(descDrops, v, reason)
 	}
+	counter(descForwarded, f.Forwarded)
+	counter(descForwardedBytes, f.ForwardedBytes)
+	gauge(descTransitFlows, float64(f.TransitFlows))
+	counter(descICMP, f.ICMPErrors, "sent")
+	counter(descICMP, f.ICMPLimited, "limited")
 	counter(descCrossings, st.Handshakes.CrossAnswered, "answered")
 	counter(descCrossings, st.Handshakes.CrossReleased, "released")
 	counter(descCrossings, st.Handshakes.CrossSuperseded, "superseded")

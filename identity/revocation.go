@@ -156,17 +156,18 @@ func isCanonicalHex(s string, max int) bool {
 	return true
 }
 
-// VerifyRevocation checks that rec is a revocation signed by the key of a
-// CA that b holds for the revocation's trust domain, and returns it. It
+// VerifyRevocation checks that rec (decoded, verified or not) is a
+// revocation signed by the key of a CA that b holds for the revocation's
+// trust domain, and returns it. The signature is checked last, after the
+// checks that cost nothing. It
 // refuses with ErrBadRecord (wrong type, bad signature, malformed payload)
 // or ErrUntrusted (trust domain not in b, signer not one of its CAs).
 func (b *Bundle) VerifyRevocation(rec SignedRecord) (*Revocation, error) {
 	if rec.Type != RecordRevocation {
 		return nil, fmt.Errorf("%w: %s record, want %s", ErrBadRecord, rec.Type, RecordRevocation)
 	}
-	if err := rec.Verify(); err != nil {
-		return nil, err
-	}
+	// The cheap checks first, on the still unauthenticated payload: a
+	// record no CA of the bundle signed costs no signature check.
 	r, err := parseRevocation(rec.Payload)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
@@ -176,6 +177,9 @@ func (b *Bundle) VerifyRevocation(rec SignedRecord) (*Revocation, error) {
 	}
 	if !b.IsCAKey(r.TrustDomain, rec.Signer) {
 		return nil, fmt.Errorf("%w: revocation of %s: signer %s is not a CA of trust domain %q", ErrUntrusted, r.ID, rec.Signer, r.TrustDomain)
+	}
+	if err := rec.Verify(); err != nil {
+		return nil, err
 	}
 	return r, nil
 }

@@ -95,6 +95,7 @@ func (n *Node) startMembership(port uint16, mtu int) error {
 		ReconnectInterval: n.ReconnectInterval,
 		OnPeerRemoved:     n.forgetPeer,
 		StateDir:          n.Dir,
+		MaxTasksPerPeer:   n.MaxTasksPerPeer,
 	})
 	if err != nil {
 		return fmt.Errorf("node: %w", err)

@@ -99,6 +99,9 @@ type Node struct {
 	Endpoints []netip.AddrPort
 	// GossipPort is the memberlist port on the overlay address; 0 means 7946.
 	GossipPort uint16
+	// MaxTasksPerPeer bounds the tasks of one peer this node accepts; 0
+	// means 256 (see membership.Config).
+	MaxTasksPerPeer int
 	// TuneGossip, if set, adjusts memberlist's timing (tests, benchmarks).
 	TuneGossip func(*memberlist.Config)
 	// ReconnectInterval is how often a peer declared dead is asked whether

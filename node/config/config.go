@@ -21,6 +21,7 @@
 //	  - agent6://<key>@192.0.2.1:51820
 //	endpoints: ["192.0.2.7:51820"]    # advertised UDP endpoints (default: interface addresses)
 //	gossip_port: 7946
+//	max_tasks_per_peer: 256           # tasks of one peer this node accepts
 //	card: /etc/agent6/card.json       # A2A-shaped agent card, for discovery
 //	disable_dns: false                # true: no DNS server on the overlay address
 //
@@ -85,6 +86,7 @@ type Config struct {
 	Join            []string // validated tokens
 	Endpoints       []netip.AddrPort
 	GossipPort      uint16
+	MaxTasksPerPeer int // tasks of one peer this node accepts (0: the default, 256)
 	CardFile        string
 	Card            *card.Card
 	DisableDNS      bool // no DNS server on port 53 of the overlay address
@@ -125,6 +127,7 @@ type file struct {
 	Join        []string `yaml:"join"`
 	Endpoints   []string `yaml:"endpoints"`
 	GossipPort  *int     `yaml:"gossip_port"`
+	MaxTasks    *int     `yaml:"max_tasks_per_peer"`
 	Card        *string  `yaml:"card"`
 	DisableDNS  bool     `yaml:"disable_dns"`
 }
@@ -138,7 +141,7 @@ type peer struct {
 var (
 	// topKeys are the keys a configuration file may hold, in the order
 	// the documentation gives them.
-	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "localapi_group", "localapi_admin_group", "state_dir", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "card", "disable_dns"}
+	topKeys  = []string{"key", "listen_port", "tun", "mtu", "localapi", "localapi_group", "localapi_admin_group", "state_dir", "log_level", "peers", "credential", "trust_bundle", "join", "endpoints", "gossip_port", "max_tasks_per_peer", "card", "disable_dns"}
 	peerKeys = []string{"public_key", "endpoint", "persistent_keepalive"}
 )
 
@@ -288,6 +291,12 @@ func Parse(path string, data []byte) (*Config, error) {
 			return nil, fail("gossip_port", "%d is not a port (1-65535)", *raw.GossipPort)
 		}
 		c.GossipPort = uint16(*raw.GossipPort)
+	}
+	if raw.MaxTasks != nil {
+		if *raw.MaxTasks < 1 || *raw.MaxTasks > 1<<16 {
+			return nil, fail("max_tasks_per_peer", "%d out of range (1-65536)", *raw.MaxTasks)
+		}
+		c.MaxTasksPerPeer = *raw.MaxTasks
 	}
 	for i, tok := range raw.Join {
 		if _, err := membership.ParseToken(tok); err != nil {
@@ -441,7 +450,9 @@ func (c *Config) Node(logger *slog.Logger) *node.Node {
 		Join:       c.Join,
 		Endpoints:  c.Endpoints,
 		GossipPort: c.GossipPort,
-		Card:       c.Card,
-		DisableDNS: c.DisableDNS,
+
+		MaxTasksPerPeer: c.MaxTasksPerPeer,
+		Card:            c.Card,
+		DisableDNS:      c.DisableDNS,
 	}
 }

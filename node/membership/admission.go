@@ -476,7 +476,7 @@ func (m *Membership) handleRefused(raw []byte) {
 	if m.Revoked() != nil {
 		return // known already: nothing to check
 	}
-	sr, err := identity.ParseSignedRecord(raw)
+	sr, err := identity.DecodeSignedRecord(raw)
 	if err == nil {
 		var rev *identity.Revocation
 		if rev, err = m.cfg.Bundle.VerifyRevocation(sr); err == nil {

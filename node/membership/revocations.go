@@ -130,7 +130,7 @@ func (m *Membership) applyRevocation(raw []byte) (*identity.Revocation, error) {
 	if known != nil {
 		return known.rev, nil
 	}
-	sr, err := identity.ParseSignedRecord(raw)
+	sr, err := identity.DecodeSignedRecord(raw)
 	if err == nil {
 		var rev *identity.Revocation
 		if rev, err = m.cfg.Bundle.VerifyRevocation(sr); err == nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -11,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agent6/agent6/identity"
 	"github.com/agent6/agent6/internal/netns"
 	"github.com/agent6/agent6/node"
+	"github.com/agent6/agent6/node/membership"
 )
 
 func (s *sidecar) peers(t *testing.T) map[string]node.Member {
@@ -142,6 +146,12 @@ func TestMembershipNetns(t *testing.T) {
 		}
 	}
 
+	// A process on agent-1's host binds agent-1's overlay address, as any
+	// process there can, and tells agent-2 that agent-1 is leaving: once
+	// unsigned (the old frame), once signed with a key of its own. agent-2
+	// refuses both, counts them, and keeps agent-1.
+	localProcessCannotEvict(t, cars[1], cars[2])
+
 	// kill -9 the last one: the others see it dead and drop its peer.
 	victim := cars[3]
 	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -170,5 +180,50 @@ func TestMembershipNetns(t *testing.T) {
 	}
 	for _, s := range cars {
 		s.stop(t)
+	}
+}
+
+// localProcessCannotEvict sends, from a socket on from's overlay address in
+// from's namespace (not the daemon's), LEAVE frames to to's task port, and
+// checks that to refuses them and still lists from as alive.
+func localProcessCannotEvict(t *testing.T, from, to *sidecar) {
+	t.Helper()
+	stranger, _ := identity.GeneratePrivateKey()
+	forged, err := membership.PeerFrame(stranger, "leave", to.addr, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := to.status(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = from.ns.Do(func() error {
+		c, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from.addr, 9999)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(to.addr, membership.TaskPort))
+		for _, f := range [][]byte{{0xa6, 1, 6}, forged} {
+			if _, err := c.WriteToUDP(f, dst); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("a local process on %s: %v", from.ns.Name, err)
+	}
+	eventually(t, 10*time.Second, "both LEAVEs refused", func() bool {
+		st, err := to.status(t)
+		if err != nil {
+			return false
+		}
+		r, b := st.Membership.Refused, before.Membership.Refused
+		return r["malformed"] > b["malformed"] && r["bad_signature"] > b["bad_signature"]
+	})
+	time.Sleep(time.Second) // time for a wrongly taken LEAVE to show
+	if st := to.peers(t)[from.addr.String()].State; st != "alive" {
+		t.Fatalf("%s sees %s as %q after a local process's LEAVE", to.ns.Name, from.ns.Name, st)
 	}
 }

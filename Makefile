@@ -67,6 +67,7 @@ bench: build
 	./bin/netbench -bin bin -out bench/RESULTS.md $(BENCHFLAGS)
 	$(GO) run ./bench/cmd/gossipbench -out bench/RESULTS.md
 	$(GO) run ./bench/cmd/taskbench -out bench/RESULTS.md
+	$(GO) run ./bench/cmd/floodbench -out bench/RESULTS.md
 
 # The binary, the systemd unit and the agent6 user, shell completion, and
 # the sample configuration (kept if /etc/agent6/agent6.yaml exists). Then:

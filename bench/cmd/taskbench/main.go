@@ -148,12 +148,12 @@ func run(ctx context.Context, c config) error {
 			if fromTask {
 				f.Dial, f.From, name = task.Dial, task.Addr(), "task"
 			}
-			cpu0 := processCPU()
+			cpu0 := report.ProcessCPU()
 			sr, err := f.Run(ctx)
 			if err != nil {
 				return err
 			}
-			res := flowRun{Result: sr, CPU: processCPU() - cpu0}
+			res := flowRun{Result: sr, CPU: report.ProcessCPU() - cpu0}
 			fmt.Fprintf(os.Stderr, "taskbench: flows %d/%d from %s: %.0f conn/s, p50 %.3f ms, p99 %.3f ms, %.0f µs CPU/conn, %d errors (load %s)\n",
 				i+1, c.repeats, name, res.ConnsPerSec, res.P50Ms, res.P99Ms, float64(res.cpuPerConn())/1e3, res.Errors, report.LoadAvg())
 			if fromTask {
